@@ -1,0 +1,135 @@
+"""Experiment config: one YAML file validated against `config.schema.yaml`.
+
+Defaults live in the schema only. `PI0_*` environment switches of the original notes
+override the matching keys, and say so in the log.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from ript.envs.suites import NUM_FIXED_INIT_STATES, SUITE_NUM_TASKS
+
+log = logging.getLogger(__name__)
+
+SCHEMA_PATH = Path(str(files("ript") / "config.schema.yaml"))
+
+# environment variable -> (config key, parser)
+ENV_OVERRIDES: dict[str, tuple[str, Any]] = {
+    "PI0_DISABLE_INIT_STATES": (
+        "use_init_states",
+        lambda v: v.strip() not in ("1", "true", "True"),
+    ),
+    "PI0_N_VIDEO": ("n_video", int),
+    "PI0_VIDEO_DIR": ("video_dir", str),
+    "PI0_RENDER_SOURCE": ("render_source", str),
+}
+
+
+class ConfigError(ValueError):
+    """A config key or value that is not allowed; the message names both."""
+
+
+def load_schema() -> dict[str, Any]:
+    with SCHEMA_PATH.open() as f:
+        return yaml.safe_load(f)
+
+
+def _fill_defaults(config: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    filled = dict(config)
+    for key, spec in schema["properties"].items():
+        if key not in filled and "default" in spec:
+            filled[key] = spec["default"]
+    return filled
+
+
+def validate(config: dict[str, Any], source: str = "config") -> dict[str, Any]:
+    """Return the config with defaults filled in, or raise ConfigError naming the bad key."""
+    if not isinstance(config, dict):
+        raise ConfigError(
+            f"{source}: expected a mapping of keys to values, got {type(config).__name__}"
+        )
+    schema = load_schema()
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
+    if errors:
+        raise ConfigError("\n".join(_describe(e, source) for e in errors))
+    config = _fill_defaults(config, schema)
+    _check_cross_keys(config, source)
+    return config
+
+
+def _describe(error: jsonschema.ValidationError, source: str) -> str:
+    path = ".".join(str(p) for p in error.absolute_path)
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema["properties"])
+        unknown = sorted(set(error.instance) - set(allowed))
+        return f"{source}: unknown key(s) {unknown}; allowed keys: {allowed}"
+    return f"{source}: key '{path}': {error.message}"
+
+
+def _check_cross_keys(config: dict[str, Any], source: str) -> None:
+    suite = config["suite"]
+    n_tasks = SUITE_NUM_TASKS[suite]
+    bad = [t for t in config["tasks"] if t >= n_tasks]
+    if bad:
+        raise ConfigError(
+            f"{source}: key 'tasks': task ids {bad} do not exist in {suite}; "
+            f"valid: 0..{n_tasks - 1}"
+        )
+    for key in ("train_init_states", "eval_init_states"):
+        start, stop = config[key]
+        if not 0 <= start < stop <= NUM_FIXED_INIT_STATES:
+            raise ConfigError(
+                f"{source}: key '{key}': {[start, stop]} is not a half-open range "
+                f"[start, stop) with 0 <= start < stop <= {NUM_FIXED_INIT_STATES}"
+            )
+    (a0, a1), (b0, b1) = config["train_init_states"], config["eval_init_states"]
+    if a0 < b1 and b0 < a1:
+        raise ConfigError(
+            f"{source}: keys 'train_init_states' {[a0, a1]} and 'eval_init_states' {[b0, b1]} "
+            "overlap; training rollouts must not start from evaluation init states"
+        )
+    if config["n_video"] > 0 and config["render_source"] == "obs" and not config["cameras"]:
+        raise ConfigError(
+            f"{source}: key 'render_source': 'obs' takes video frames from the camera "
+            "observation but 'cameras' is false; set render_source: render (or cameras: true)"
+        )
+
+
+def apply_env_overrides(config: dict[str, Any]) -> dict[str, Any]:
+    config = dict(config)
+    for var, (key, parse) in ENV_OVERRIDES.items():
+        if var in os.environ:
+            value = parse(os.environ[var])
+            log.info(
+                "%s=%s overrides config key %r (was %r)", var, os.environ[var], key, config.get(key)
+            )
+            config[key] = value
+    return config
+
+
+def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Read a YAML config (or only defaults when path is None), apply overrides, validate."""
+    raw: dict[str, Any] = {}
+    source = "config"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of keys to values")
+    raw = apply_env_overrides({**raw, **(overrides or {})})
+    return validate(raw, source)

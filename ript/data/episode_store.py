@@ -1,0 +1,314 @@
+"""Episodes on disk: HDF5 shards in LIBERO's demo layout plus a parquet index per shard.
+
+Layout (the same as LIBERO's official demonstration files, so one reader serves both):
+
+    data/                        attrs: num_demos, total, problem_info (json), ...
+      demo_<i>/                  attrs: num_samples, suite, task_id, language, ...
+        actions      (T, 7)
+        obs/ee_pos (T, 3), ee_ori (T, 3), gripper_states (T, 2), joint_states (T, 7),
+            agentview_rgb, eye_in_hand_rgb (T, H, W, 3) uint8 gzip, when cameras are on
+            privileged_object_state (T, 21), when enabled
+        rewards (T,), dones (T,), states (T, S)
+
+LIBERO's own files store camera images as rendered (upside down); ours store them flipped
+the way policies see them, and say so in the root attribute `image_orientation`. The
+reader returns every episode in policy orientation.
+
+Shards are written to a temporary name and renamed, so a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import pandas as pd
+
+from ript.envs.observation import flip_image
+from ript.envs.pool import Episode
+
+FORMAT = "ript-episodes"
+FORMAT_VERSION = 1
+IMAGE_KEYS = ("agentview_rgb", "eye_in_hand_rgb")
+INDEX_COLUMNS = [
+    "demo",
+    "episode_index",
+    "suite",
+    "task_id",
+    "language",
+    "init_state_index",
+    "rollout_index",
+    "seed",
+    "reset_seed",
+    "group_id",
+    "success",
+    "length",
+    "policy_id",
+    "shard",
+]
+
+
+class EpisodeFileError(ValueError):
+    """A shard or index that is missing, truncated or not what it claims to be."""
+
+
+@dataclass
+class StoredEpisode:
+    demo: str
+    attrs: dict[str, Any]
+    actions: np.ndarray
+    obs: dict[str, np.ndarray]
+    rewards: np.ndarray
+    dones: np.ndarray
+    states: np.ndarray | None
+
+    @property
+    def state(self) -> np.ndarray:
+        """The 8-dim pi0 LIBERO state: eef pos + axis-angle + gripper joints."""
+        return np.concatenate(
+            [self.obs["ee_pos"], self.obs["ee_ori"], self.obs["gripper_states"]], axis=-1
+        ).astype(np.float32)
+
+
+def index_path(shard: str | Path) -> Path:
+    shard = Path(shard)
+    return shard.with_name(shard.stem + ".index.parquet")
+
+
+def _tmp(path: Path) -> Path:
+    return path.with_name(f"{path.name}.tmp-{os.getpid()}")
+
+
+def write_shard(
+    path: str | Path,
+    episodes: list[Episode],
+    *,
+    policy_id: str,
+    extra_attrs: dict[str, Any] | None = None,
+) -> pd.DataFrame:
+    """Write episodes and their index atomically; return the index."""
+    path = Path(path)
+    if not episodes:
+        raise ValueError(f"{path}: refusing to write a shard with no episodes")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_h5, idx_path = _tmp(path), index_path(path)
+    tmp_idx = _tmp(idx_path)
+    rows = []
+    try:
+        with h5py.File(tmp_h5, "w") as f:
+            f.attrs["format"] = FORMAT
+            f.attrs["format_version"] = FORMAT_VERSION
+            f.attrs["image_orientation"] = "flipped_180"
+            for key, value in (extra_attrs or {}).items():
+                f.attrs[key] = value
+            data = f.create_group("data")
+            total = 0
+            for i, ep in enumerate(episodes):
+                demo = f"demo_{i}"
+                _write_episode(data.create_group(demo), ep, policy_id)
+                total += ep.length
+                rows.append(_index_row(demo, ep, policy_id, path.name))
+            data.attrs["num_demos"] = len(episodes)
+            data.attrs["total"] = total
+            languages = sorted({ep.language for ep in episodes})
+            data.attrs["problem_info"] = json.dumps(
+                {"language_instruction": languages[0] if len(languages) == 1 else languages}
+            )
+        index = pd.DataFrame(rows, columns=INDEX_COLUMNS)
+        index.to_parquet(tmp_idx, index=False)
+        os.replace(tmp_idx, idx_path)
+        os.replace(tmp_h5, path)
+    finally:
+        for tmp in (tmp_h5, tmp_idx):
+            tmp.unlink(missing_ok=True)
+    return index
+
+
+def _write_episode(group: h5py.Group, ep: Episode, policy_id: str) -> None:
+    spec = ep.spec
+    attrs = {
+        "num_samples": ep.length,
+        "suite": spec.suite,
+        "task_id": spec.task_id,
+        "language": ep.language,
+        "init_state_index": -1 if spec.init_state_index is None else spec.init_state_index,
+        "rollout_index": spec.rollout_index,
+        "episode_index": spec.episode_index,
+        "seed": spec.seed,
+        "reset_seed": spec.reset_seed,
+        "group_id": spec.group_id,
+        "success": bool(ep.success),
+        "episode_length": ep.length,
+        "policy_id": policy_id,
+    }
+    for key, value in attrs.items():
+        group.attrs[key] = value
+    group.create_dataset("actions", data=ep.actions.astype(np.float32))
+    group.create_dataset("rewards", data=ep.rewards.astype(np.float32))
+    group.create_dataset("dones", data=ep.dones.astype(np.uint8))
+    group.create_dataset("states", data=ep.states.astype(np.float64))
+    obs = group.create_group("obs")
+    for key, value in ep.obs.items():
+        if key == "state":
+            continue  # derived from ee_pos, ee_ori and gripper_states
+        if key in IMAGE_KEYS:
+            obs.create_dataset(
+                key,
+                data=value,
+                chunks=(1, *value.shape[1:]),
+                compression="gzip",
+                compression_opts=4,
+            )
+        else:
+            obs.create_dataset(key, data=value)
+
+
+def _index_row(demo: str, ep: Episode, policy_id: str, shard: str) -> dict[str, Any]:
+    s = ep.spec
+    return {
+        "demo": demo,
+        "episode_index": s.episode_index,
+        "suite": s.suite,
+        "task_id": s.task_id,
+        "language": ep.language,
+        "init_state_index": -1 if s.init_state_index is None else s.init_state_index,
+        "rollout_index": s.rollout_index,
+        "seed": s.seed,
+        "reset_seed": s.reset_seed,
+        "group_id": s.group_id,
+        "success": bool(ep.success),
+        "length": ep.length,
+        "policy_id": policy_id,
+        "shard": shard,
+    }
+
+
+class EpisodeReader:
+    """Reads our shards and LIBERO's official demo files alike; validates on open."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise EpisodeFileError(f"{self.path}: episode file not found")
+        try:
+            self._file = h5py.File(self.path, "r")
+        except OSError as e:
+            raise EpisodeFileError(
+                f"{self.path}: not a readable HDF5 file (truncated or corrupt?): {e}"
+            ) from e
+        try:
+            self._validate()
+        except Exception:
+            self._file.close()
+            raise
+
+    def _validate(self) -> None:
+        data = self._file.get("data")
+        if not isinstance(data, h5py.Group):
+            raise EpisodeFileError(
+                f"{self.path}: not an episode file in LIBERO's demo layout (no 'data' group; "
+                f"top-level keys: {sorted(self._file.keys())})"
+            )
+        demos = self.demos
+        if not demos:
+            raise EpisodeFileError(f"{self.path}: 'data' holds no demo_<i> episodes")
+        for demo in demos:
+            group = data[demo]
+            missing = [k for k in ("actions", "obs") if k not in group]
+            if missing:
+                raise EpisodeFileError(f"{self.path}: data/{demo} lacks {missing}")
+        fmt = self._file.attrs.get("format")
+        if fmt is not None and fmt != FORMAT:
+            raise EpisodeFileError(f"{self.path}: unknown format {fmt!r}; expected {FORMAT!r}")
+
+    @property
+    def demos(self) -> list[str]:
+        names = [k for k in self._file["data"] if k.startswith("demo_")]
+        return sorted(names, key=lambda k: int(k.split("_")[1]))
+
+    @property
+    def flipped(self) -> bool:
+        return self._file.attrs.get("image_orientation") == "flipped_180"
+
+    def __len__(self) -> int:
+        return len(self.demos)
+
+    def __enter__(self) -> EpisodeReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._file.close()
+
+    def _language(self, group: h5py.Group) -> str:
+        if "language" in group.attrs:
+            return str(group.attrs["language"])
+        info = self._file["data"].attrs.get("problem_info")
+        if info is not None:
+            return str(json.loads(info).get("language_instruction", ""))
+        return ""
+
+    def read(self, demo: str) -> StoredEpisode:
+        try:
+            group = self._file["data"][demo]
+            attrs = {k: _plain(v) for k, v in group.attrs.items()}
+            attrs.setdefault("language", self._language(group))
+            obs = {k: np.asarray(v) for k, v in group["obs"].items()}
+            if not self.flipped:
+                for key in IMAGE_KEYS:
+                    if key in obs:
+                        obs[key] = np.stack([flip_image(img) for img in obs[key]])
+            actions = np.asarray(group["actions"])
+            n = len(actions)
+            rewards = np.asarray(group["rewards"]) if "rewards" in group else np.zeros(n)
+            dones = np.asarray(group["dones"]) if "dones" in group else np.eye(n)[-1]
+            states = np.asarray(group["states"]) if "states" in group else None
+        except (OSError, KeyError) as e:
+            raise EpisodeFileError(f"{self.path}: cannot read data/{demo}: {e}") from e
+        bad = [k for k, v in obs.items() if len(v) != n]
+        if bad:
+            raise EpisodeFileError(
+                f"{self.path}: data/{demo}: obs {bad} do not have one entry per action ({n})"
+            )
+        return StoredEpisode(demo, attrs, actions, obs, rewards, dones, states)
+
+    def __iter__(self) -> Iterator[StoredEpisode]:
+        for demo in self.demos:
+            yield self.read(demo)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, bytes):
+        return value.decode()
+    return value
+
+
+def read_index(shard: str | Path) -> pd.DataFrame:
+    """The parquet index beside a shard, checked against the shard's episode count."""
+    shard = Path(shard)
+    path = index_path(shard)
+    if not path.is_file():
+        raise EpisodeFileError(f"{path}: episode index not found (expected beside {shard.name})")
+    try:
+        index = pd.read_parquet(path)
+    except Exception as e:  # noqa: BLE001 - pyarrow raises several types for bad files
+        raise EpisodeFileError(f"{path}: not a readable parquet file: {e}") from e
+    missing = [c for c in INDEX_COLUMNS if c not in index.columns]
+    if missing:
+        raise EpisodeFileError(f"{path}: index lacks columns {missing}")
+    with EpisodeReader(shard) as reader:
+        if len(reader) != len(index):
+            raise EpisodeFileError(
+                f"{path}: index lists {len(index)} episodes but {shard} holds {len(reader)}"
+            )
+    return index

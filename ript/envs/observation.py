@@ -1,0 +1,73 @@
+"""LIBERO observations in the form openpi feeds pi0 (examples/libero/main.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+STATE_DIM = 8
+ACTION_DIM = 7
+# openpi's LIBERO dummy action: no motion, gripper open.
+DUMMY_ACTION = np.array([0.0] * 6 + [-1.0])
+# Objects of interest whose poses (pos 3 + quat 4) form `privileged_object_state`;
+# LIBERO tasks name at most three, fewer are zero-padded so the width is fixed.
+MAX_PRIVILEGED_OBJECTS = 3
+PRIVILEGED_DIM = 7 * MAX_PRIVILEGED_OBJECTS
+
+
+def quat2axisangle(quat: np.ndarray) -> np.ndarray:
+    """Axis-angle (3,) of an (x, y, z, w) quaternion, as robosuite's transform_utils does it."""
+    quat = np.asarray(quat, dtype=np.float64).copy()
+    quat[3] = np.clip(quat[3], -1.0, 1.0)
+    den = np.sqrt(1.0 - quat[3] * quat[3])
+    if np.isclose(den, 0.0):
+        return np.zeros(3)
+    return quat[:3] * 2.0 * np.arccos(quat[3]) / den
+
+
+def flip_image(image: np.ndarray) -> np.ndarray:
+    """Rotate by 180 degrees: LIBERO renders upside down relative to the training data."""
+    return np.ascontiguousarray(image[::-1, ::-1])
+
+
+def adapt_observation(
+    raw: dict[str, Any],
+    *,
+    cameras: bool,
+    objects_of_interest: list[str] | None,
+) -> dict[str, np.ndarray]:
+    """Turn a raw robosuite observation into the arrays the policy and the episode store use.
+
+    Keys follow LIBERO's demo layout (`ee_pos`, `ee_ori`, `gripper_states`, `joint_states`,
+    `agentview_rgb`, `eye_in_hand_rgb`) plus `state`, the 8-dim pi0 LIBERO state.
+    """
+    ee_pos = np.asarray(raw["robot0_eef_pos"], dtype=np.float64)
+    ee_ori = quat2axisangle(raw["robot0_eef_quat"])
+    gripper = np.asarray(raw["robot0_gripper_qpos"], dtype=np.float64)
+    obs: dict[str, np.ndarray] = {
+        "state": np.concatenate([ee_pos, ee_ori, gripper]).astype(np.float32),
+        "ee_pos": ee_pos.astype(np.float32),
+        "ee_ori": ee_ori.astype(np.float32),
+        "gripper_states": gripper.astype(np.float32),
+        "joint_states": np.asarray(raw["robot0_joint_pos"], dtype=np.float32),
+    }
+    if cameras:
+        obs["agentview_rgb"] = flip_image(raw["agentview_image"])
+        obs["eye_in_hand_rgb"] = flip_image(raw["robot0_eye_in_hand_image"])
+    if objects_of_interest is not None:
+        obs["privileged_object_state"] = privileged_object_state(raw, objects_of_interest)
+    return obs
+
+
+def privileged_object_state(raw: dict[str, Any], objects: list[str]) -> np.ndarray:
+    if len(objects) > MAX_PRIVILEGED_OBJECTS:
+        raise ValueError(
+            f"task has {len(objects)} objects of interest {objects}; at most "
+            f"{MAX_PRIVILEGED_OBJECTS} fit in privileged_object_state"
+        )
+    out = np.zeros(PRIVILEGED_DIM, dtype=np.float32)
+    for i, name in enumerate(objects):
+        out[7 * i : 7 * i + 3] = raw[f"{name}_pos"]
+        out[7 * i + 3 : 7 * i + 7] = raw[f"{name}_quat"]
+    return out

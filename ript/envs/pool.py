@@ -1,0 +1,414 @@
+"""Parallel LIBERO rollouts: spawn-started simulator workers, one batched policy call per round.
+
+The main process owns the policy; each worker owns the simulators of the tasks it has
+seen. Every round, all live episodes send their latest observation to one batched policy
+call, and each worker executes the first `replan_steps` actions of its chunk open-loop.
+A worker that dies (or stays silent past `worker_timeout_s`) is restarted and its episode
+is re-run from the start with the same seed, so a collection returns exactly the episodes
+asked for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing as mp
+import os
+import time
+import traceback
+from collections import deque
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from typing import Any, Protocol
+
+import numpy as np
+from tqdm import tqdm
+
+from ript.envs.libero_env import LiberoEnv, make_env, prepare_process_environment
+from ript.envs.observation import ACTION_DIM
+
+log = logging.getLogger(__name__)
+_logged_start_method = False
+MAX_EPISODE_RESTARTS = 3
+
+
+@dataclass(frozen=True)
+class EpisodeSpec:
+    """Everything that decides an episode; the same spec always gives the same rollout."""
+
+    episode_index: int
+    suite: str
+    task_id: int
+    init_state_index: int | None  # None: seeded random reset
+    rollout_index: int  # k in 0..K-1 within its group
+    seed: int  # the policy's randomness in this episode
+    reset_seed: int  # the simulator's reset (shared by a group)
+    group_id: str  # rollouts sharing (task, init state): the RLOO group
+    record_video: bool = False
+
+
+@dataclass
+class PolicyRequest:
+    obs: dict[str, np.ndarray]
+    prompt: str
+    episode: EpisodeSpec
+    step: int  # policy steps already taken in this episode
+
+
+class RolloutPolicy(Protocol):
+    policy_id: str
+
+    def act(self, requests: list[PolicyRequest]) -> np.ndarray:
+        """Return action chunks of shape (len(requests), chunk_len, 7)."""
+
+
+@dataclass
+class Episode:
+    spec: EpisodeSpec
+    language: str
+    obs: dict[str, np.ndarray]  # each (T, ...), the observation before each action
+    actions: np.ndarray  # (T, 7)
+    rewards: np.ndarray  # (T,)
+    dones: np.ndarray  # (T,), 1 at the last step
+    states: np.ndarray  # (T, S) flattened simulator state before each action
+    success: bool
+    frames: list[np.ndarray] | None = None
+
+    @property
+    def length(self) -> int:
+        return len(self.actions)
+
+
+@dataclass
+class _Buffer:
+    spec: EpisodeSpec
+    language: str
+    obs: list[dict[str, np.ndarray]]
+    states: list[np.ndarray]
+    frames: list[np.ndarray] | None
+    actions: list[np.ndarray] = field(default_factory=list)
+    rewards: list[float] = field(default_factory=list)
+    success: bool = False
+
+    def finish(self) -> Episode:
+        t = len(self.actions)
+        keys = self.obs[0].keys()
+        dones = np.zeros(t, dtype=np.uint8)
+        dones[-1] = 1
+        return Episode(
+            spec=self.spec,
+            language=self.language,
+            obs={k: np.stack([o[k] for o in self.obs[:t]]) for k in keys},
+            actions=np.asarray(self.actions, dtype=np.float32),
+            rewards=np.asarray(self.rewards, dtype=np.float32),
+            dones=dones,
+            states=np.stack(self.states[:t]),
+            success=self.success,
+            frames=self.frames,
+        )
+
+
+@dataclass
+class RolloutStats:
+    episodes: int = 0
+    successes: int = 0
+    env_steps: int = 0
+    policy_calls: int = 0
+    policy_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    worker_restarts: int = 0
+
+    @property
+    def env_steps_per_second(self) -> float:
+        return self.env_steps / self.wall_seconds if self.wall_seconds else 0.0
+
+
+# ---------------------------------------------------------------------------------------
+# worker side
+
+
+def _worker_main(conn: Connection, env_kwargs: dict[str, Any], render_source: str) -> None:
+    prepare_process_environment()
+    envs: dict[tuple[str, int], LiberoEnv] = {}
+    env: LiberoEnv | None = None
+    record = False
+
+    def frame(obs: dict[str, np.ndarray]) -> np.ndarray | None:
+        if not record:
+            return None
+        return obs["agentview_rgb"] if render_source == "obs" else env.render()
+
+    try:
+        while True:
+            cmd, payload = conn.recv()
+            if cmd == "close":
+                break
+            try:
+                if cmd == "start":
+                    spec: EpisodeSpec = payload
+                    key = (spec.suite, spec.task_id)
+                    if key not in envs:
+                        envs[key] = make_env(spec.suite, spec.task_id, **env_kwargs)
+                    env = envs[key]
+                    record = spec.record_video
+                    obs = env.reset(seed=spec.reset_seed, init_state_index=spec.init_state_index)
+                    conn.send(("started", (env.task.language, obs, env.sim_state(), frame(obs))))
+                elif cmd == "step":
+                    transitions = []
+                    for action in payload:
+                        result = env.step(action)
+                        transitions.append(
+                            (
+                                result.obs,
+                                result.reward,
+                                result.success,
+                                result.done,
+                                env.sim_state(),
+                                frame(result.obs),
+                            )
+                        )
+                        if result.done:
+                            break
+                    conn.send(("stepped", transitions))
+                else:
+                    raise ValueError(f"unknown worker command {cmd!r}")
+            except Exception:  # noqa: BLE001 - reported to the main process, which raises
+                conn.send(("error", traceback.format_exc()))
+    except (EOFError, KeyboardInterrupt):
+        pass
+    finally:
+        for e in envs.values():
+            e.close()
+        conn.close()
+    # Skip interpreter finalisers: EGL contexts torn down at exit print spurious tracebacks.
+    os._exit(0)
+
+
+class _Worker:
+    def __init__(self, ctx: Any, env_kwargs: dict[str, Any], render_source: str) -> None:
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(
+            target=_worker_main, args=(child, env_kwargs, render_source), daemon=True
+        )
+        self.process.start()
+        child.close()
+        self.buffer: _Buffer | None = None
+        self.awaiting: str | None = None  # "start" or "step" while a reply is due
+        self.pending_chunk: np.ndarray | None = None  # the actions of the last "step"
+        self.sent_at = 0.0
+
+    def send(self, cmd: str, payload: Any) -> None:
+        self.conn.send((cmd, payload))
+        self.awaiting = cmd
+        if cmd == "step":
+            self.pending_chunk = payload
+        self.sent_at = time.monotonic()
+
+    def close(self, timeout: float = 10.0) -> None:
+        with contextlib.suppress(BrokenPipeError, OSError):
+            self.conn.send(("close", None))
+        self.process.join(timeout)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+        self.conn.close()
+
+
+class EnvPool:
+    """N simulator workers serving a queue of episodes."""
+
+    def __init__(
+        self,
+        num_workers: int,
+        *,
+        max_episode_length: int,
+        num_steps_wait: int,
+        replan_steps: int,
+        cameras: bool,
+        image_size: int,
+        privileged_object_state: bool,
+        render_source: str = "obs",
+        env_create_retries: int = 3,
+        worker_timeout_s: float = 300.0,
+    ) -> None:
+        global _logged_start_method
+        if num_workers < 1:
+            raise ValueError(f"num_workers must be >= 1, got {num_workers}")
+        self.replan_steps = replan_steps
+        self.worker_timeout_s = worker_timeout_s
+        self.render_source = render_source
+        self._env_kwargs = dict(
+            max_episode_length=max_episode_length,
+            num_steps_wait=num_steps_wait,
+            cameras=cameras,
+            image_size=image_size,
+            privileged_object_state=privileged_object_state,
+            offscreen_render=render_source == "render",
+            retries=env_create_retries,
+        )
+        prepare_process_environment()
+        if not _logged_start_method:
+            log.info(
+                "[EnvPool] num_parallel_envs=%d, start method spawn (process default: %s)",
+                num_workers,
+                mp.get_start_method(allow_none=True),
+            )
+            _logged_start_method = True
+        self._ctx = mp.get_context("spawn")
+        self._workers = [self._new_worker() for _ in range(num_workers)]
+        self.stats = RolloutStats()
+
+    def _new_worker(self) -> _Worker:
+        return _Worker(self._ctx, self._env_kwargs, self.render_source)
+
+    @property
+    def worker_pids(self) -> list[int]:
+        return [w.process.pid for w in self._workers]
+
+    def __enter__(self) -> EnvPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for w in self._workers:
+            w.close()
+        self._workers = []
+
+    # -----------------------------------------------------------------------------------
+
+    def run(
+        self,
+        specs: list[EpisodeSpec],
+        policy: RolloutPolicy,
+        *,
+        progress: bool = True,
+        desc: str = "rollouts",
+    ) -> list[Episode]:
+        """Roll out every spec once; episodes come back in `episode_index` order."""
+        pending: deque[EpisodeSpec] = deque(specs)
+        restarts: dict[int, int] = {}
+        finished: dict[int, Episode] = {}
+        start = time.monotonic()
+        bar = tqdm(total=len(specs), desc=desc, disable=not progress, unit="ep")
+        try:
+            while pending or any(w.buffer is not None for w in self._workers):
+                for w in self._workers:
+                    if w.buffer is None and w.awaiting is None and pending:
+                        spec = pending.popleft()
+                        w.buffer = _Buffer(spec, "", [], [], [] if spec.record_video else None)
+                        w.send("start", spec)
+                self._gather(pending, restarts, finished, bar)
+                live = [w for w in self._workers if w.buffer is not None]
+                if not live:
+                    continue
+                chunks = self._call_policy(policy, live)
+                for w, chunk in zip(live, chunks, strict=True):
+                    w.send("step", chunk[: self.replan_steps])
+                self._gather(pending, restarts, finished, bar)
+        finally:
+            bar.close()
+        self.stats.wall_seconds += time.monotonic() - start
+        return [finished[s.episode_index] for s in sorted(specs, key=lambda s: s.episode_index)]
+
+    def _call_policy(self, policy: RolloutPolicy, live: list[_Worker]) -> np.ndarray:
+        requests = [
+            PolicyRequest(w.buffer.obs[-1], w.buffer.language, w.buffer.spec, len(w.buffer.actions))
+            for w in live
+        ]
+        t0 = time.perf_counter()
+        chunks = np.asarray(policy.act(requests), dtype=np.float64)
+        self.stats.policy_seconds += time.perf_counter() - t0
+        self.stats.policy_calls += 1
+        if chunks.ndim != 3 or chunks.shape[0] != len(live) or chunks.shape[2] != ACTION_DIM:
+            raise ValueError(
+                f"policy {policy.policy_id!r} returned actions of shape {chunks.shape}; "
+                f"expected ({len(live)}, chunk_len, {ACTION_DIM})"
+            )
+        if not np.isfinite(chunks).all():
+            raise ValueError(f"policy {policy.policy_id!r} returned non-finite actions")
+        return chunks
+
+    def _gather(
+        self,
+        pending: deque[EpisodeSpec],
+        restarts: dict[int, int],
+        finished: dict[int, Episode],
+        bar: tqdm,
+    ) -> None:
+        """Wait for every outstanding reply; restart workers that died on the way."""
+        while True:
+            waiting = {w.conn: w for w in self._workers if w.awaiting is not None}
+            if not waiting:
+                return
+            ready = wait(list(waiting), timeout=1.0)
+            for conn in ready:
+                w = waiting[conn]
+                try:
+                    kind, payload = conn.recv()
+                except (EOFError, ConnectionResetError, OSError):
+                    self._restart(w, pending, restarts, "died")
+                    continue
+                w.awaiting = None
+                if kind == "error":
+                    raise RuntimeError(f"simulator worker failed:\n{payload}")
+                self._absorb(w, kind, payload, finished, bar)
+            now = time.monotonic()
+            for w in waiting.values():
+                if w.awaiting is not None and now - w.sent_at > self.worker_timeout_s:
+                    self._restart(w, pending, restarts, f"was silent for {self.worker_timeout_s}s")
+
+    def _absorb(
+        self, w: _Worker, kind: str, payload: Any, finished: dict[int, Episode], bar: tqdm
+    ) -> None:
+        buf = w.buffer
+        if kind == "started":
+            buf.language, obs, state, frame = payload
+            buf.obs.append(obs)
+            buf.states.append(state)
+            if buf.frames is not None:
+                buf.frames.append(frame)
+            return
+        for (obs, reward, success, done, state, frame), action in zip(
+            payload, w.pending_chunk, strict=False
+        ):
+            buf.actions.append(np.asarray(action, dtype=np.float32))
+            buf.rewards.append(reward)
+            buf.success = buf.success or success
+            buf.obs.append(obs)
+            buf.states.append(state)
+            if buf.frames is not None:
+                buf.frames.append(frame)
+            self.stats.env_steps += 1
+            if done:
+                episode = buf.finish()
+                finished[episode.spec.episode_index] = episode
+                w.buffer = None
+                self.stats.episodes += 1
+                self.stats.successes += int(episode.success)
+                bar.update(1)
+                bar.set_postfix(success=f"{self.stats.successes}/{self.stats.episodes}")
+                return
+
+    def _restart(
+        self, w: _Worker, pending: deque[EpisodeSpec], restarts: dict[int, int], why: str
+    ) -> None:
+        spec = w.buffer.spec if w.buffer is not None else None
+        log.warning("[EnvPool] worker pid %s %s; restarting it", w.process.pid, why)
+        w.process.kill()
+        w.process.join()
+        w.conn.close()
+        self.stats.worker_restarts += 1
+        idx = self._workers.index(w)
+        self._workers[idx] = self._new_worker()
+        if spec is not None:
+            n = restarts.get(spec.episode_index, 0) + 1
+            restarts[spec.episode_index] = n
+            if n > MAX_EPISODE_RESTARTS:
+                raise RuntimeError(
+                    f"episode {spec.episode_index} ({spec.suite} task {spec.task_id}, init state "
+                    f"{spec.init_state_index}) lost its worker {n} times; giving up"
+                )
+            log.warning("[EnvPool] re-running episode %d from its start", spec.episode_index)
+            pending.appendleft(spec)

@@ -1,0 +1,36 @@
+"""Episode videos as mp4, named so that no two episodes share a file."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import imageio.v2 as imageio
+import numpy as np
+
+from ript.envs.pool import Episode
+
+
+def video_name(episode: Episode) -> str:
+    s = episode.spec
+    init = "random" if s.init_state_index is None else f"init{s.init_state_index:02d}"
+    outcome = "success" if episode.success else "failure"
+    return (
+        f"{s.suite}_task{s.task_id:02d}_{init}_k{s.rollout_index}"
+        f"_ep{s.episode_index:04d}_{outcome}.mp4"
+    )
+
+
+def write_video(episode: Episode, video_dir: str | Path, fps: int = 20) -> Path:
+    if not episode.frames:
+        raise ValueError(f"episode {episode.spec.episode_index} has no recorded frames")
+    video_dir = Path(video_dir)
+    video_dir.mkdir(parents=True, exist_ok=True)
+    path = video_dir / video_name(episode)
+    tmp = path.with_name(f"{path.stem}.tmp-{os.getpid()}.mp4")
+    # Frames of 16-multiple size avoid ffmpeg's resize warning; LIBERO sizes usually are.
+    with imageio.get_writer(tmp, fps=fps, codec="libx264", macro_block_size=1) as writer:
+        for frame in episode.frames:
+            writer.append_data(np.asarray(frame, dtype=np.uint8))
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,67 @@
+"""Shared fixtures: small real LIBERO pools and test policies."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import numpy as np
+import pytest
+
+from ript.envs.libero_env import prepare_process_environment
+from ript.envs.pool import EnvPool, PolicyRequest
+
+prepare_process_environment()
+
+
+class RandomPolicy:
+    """Seeded random chunks: deterministic per (episode seed, step), like a real policy."""
+
+    policy_id = "random"
+
+    def __init__(self, chunk_len: int = 5, scale: float = 0.5) -> None:
+        self.chunk_len = chunk_len
+        self.scale = scale
+        self.calls = 0
+
+    def act(self, requests: list[PolicyRequest]) -> np.ndarray:
+        self.calls += 1
+        out = np.zeros((len(requests), self.chunk_len, 7))
+        for i, req in enumerate(requests):
+            rng = np.random.default_rng([req.episode.seed, req.step])
+            out[i] = rng.uniform(-self.scale, self.scale, size=(self.chunk_len, 7))
+        return out
+
+
+class KillingPolicy(RandomPolicy):
+    """Kills a simulator worker with SIGKILL on one call, mid-episode."""
+
+    def __init__(self, pool: EnvPool, kill_on_call: int, worker: int = 0) -> None:
+        super().__init__()
+        self.pool = pool
+        self.kill_on_call = kill_on_call
+        self.worker = worker
+        self.killed_pid: int | None = None
+
+    def act(self, requests: list[PolicyRequest]) -> np.ndarray:
+        out = super().act(requests)
+        if self.calls == self.kill_on_call:
+            self.killed_pid = self.pool.worker_pids[self.worker]
+            os.kill(self.killed_pid, signal.SIGKILL)
+        return out
+
+
+@pytest.fixture(scope="session")
+def lowdim_pool():
+    """Two low-dim workers on LIBERO-Object; long enough for the expert to finish task 0."""
+    with EnvPool(
+        2,
+        max_episode_length=130,
+        num_steps_wait=10,
+        replan_steps=5,
+        cameras=False,
+        image_size=64,
+        privileged_object_state=True,
+        render_source="render",
+    ) as pool:
+        yield pool

@@ -1,0 +1,72 @@
+import pytest
+
+from ript.cli import _parse_settings
+from ript.config import ConfigError, load_config, validate
+
+
+def test_defaults_come_from_the_schema():
+    config = validate({})
+    assert config["num_steps_wait"] == 10
+    assert config["max_episode_length"] is None
+    assert config["train_init_states"] == [0, 25]
+    assert config["eval_init_states"] == [25, 50]
+
+
+def test_embedded_default_config_is_valid():
+    config = load_config("config/config.yaml")
+    assert config["suite"] == "libero_object"
+
+
+@pytest.mark.parametrize(
+    ("bad", "words"),
+    [
+        ({"suite": "libero_moon"}, ["'suite'", "libero_moon", "libero_object"]),
+        ({"num_steps_wait": -1}, ["'num_steps_wait'", "-1"]),
+        ({"tasks": []}, ["'tasks'"]),
+        ({"tasks": [12]}, ["'tasks'", "12", "0..9"]),
+        ({"cond_mod": "token"}, ["cond_mod", "allowed keys"]),
+        ({"train_init_states": [0, 30]}, ["train_init_states", "eval_init_states", "overlap"]),
+        ({"eval_init_states": [40, 60]}, ["eval_init_states"]),
+        ({"train_init_states": [5, 5]}, ["train_init_states", "[5, 5]"]),
+        ({"n_video": 2, "render_source": "obs"}, ["render_source", "cameras"]),
+    ],
+)
+def test_bad_values_name_the_key(bad, words):
+    with pytest.raises(ConfigError) as err:
+        validate(bad, source="my.yaml")
+    message = str(err.value)
+    assert message.startswith("my.yaml")
+    for word in words:
+        assert word in message
+
+
+def test_env_switches_override_and_config_values_are_kept(monkeypatch, tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("max_episode_length: 33\nn_video: 0\ncameras: true\n")
+    monkeypatch.setenv("PI0_DISABLE_INIT_STATES", "1")
+    monkeypatch.setenv("PI0_N_VIDEO", "3")
+    monkeypatch.setenv("PI0_RENDER_SOURCE", "render")
+    config = load_config(path)
+    assert config["use_init_states"] is False
+    assert config["n_video"] == 3
+    assert config["render_source"] == "render"
+    assert config["max_episode_length"] == 33  # never silently replaced by the suite default
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("tasks: [0, 1\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_set_parses_yaml_values():
+    assert _parse_settings(["tasks=[0, 3]", "cameras=true", "video_dir=out/v"]) == {
+        "tasks": [0, 3],
+        "cameras": True,
+        "video_dir": "out/v",
+    }
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        _parse_settings(["tasks"])

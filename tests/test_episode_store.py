@@ -1,0 +1,139 @@
+import json
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+
+from ript.data.episode_store import (
+    EpisodeFileError,
+    EpisodeReader,
+    index_path,
+    read_index,
+    write_shard,
+)
+from ript.envs.pool import Episode, EpisodeSpec
+
+
+def make_episode(i: int, t: int = 6, cameras: bool = True, success: bool = True) -> Episode:
+    rng = np.random.default_rng(i)
+    obs = {
+        "state": rng.normal(size=(t, 8)).astype(np.float32),
+        "ee_pos": rng.normal(size=(t, 3)).astype(np.float32),
+        "ee_ori": rng.normal(size=(t, 3)).astype(np.float32),
+        "gripper_states": rng.normal(size=(t, 2)).astype(np.float32),
+        "joint_states": rng.normal(size=(t, 7)).astype(np.float32),
+        "privileged_object_state": rng.normal(size=(t, 21)).astype(np.float32),
+    }
+    if cameras:
+        obs["agentview_rgb"] = rng.integers(0, 255, size=(t, 16, 16, 3), dtype=np.uint8)
+        obs["eye_in_hand_rgb"] = rng.integers(0, 255, size=(t, 16, 16, 3), dtype=np.uint8)
+    dones = np.zeros(t, dtype=np.uint8)
+    dones[-1] = 1
+    spec = EpisodeSpec(i, "libero_object", 3, 7, i % 2, 100 + i, 55, "libero_object/task3/init7")
+    return Episode(
+        spec=spec,
+        language="pick up the bbq sauce and place it in the basket",
+        obs=obs,
+        actions=rng.uniform(-1, 1, size=(t, 7)).astype(np.float32),
+        rewards=np.eye(t, dtype=np.float32)[-1] * float(success),
+        dones=dones,
+        states=rng.normal(size=(t, 110)),
+        success=success,
+    )
+
+
+def test_round_trip(tmp_path):
+    episodes = [make_episode(0), make_episode(1, t=9, success=False)]
+    path = tmp_path / "shard.h5"
+    index = write_shard(path, episodes, policy_id="expert")
+    assert not list(tmp_path.glob("*.tmp-*"))
+    with EpisodeReader(path) as reader:
+        assert reader.demos == ["demo_0", "demo_1"]
+        for ep, stored in zip(episodes, reader, strict=True):
+            np.testing.assert_array_equal(stored.actions, ep.actions)
+            np.testing.assert_array_equal(stored.states, ep.states)
+            np.testing.assert_array_equal(stored.dones, ep.dones)
+            for key in ("agentview_rgb", "eye_in_hand_rgb", "ee_pos", "privileged_object_state"):
+                np.testing.assert_array_equal(stored.obs[key], ep.obs[key])
+            np.testing.assert_array_equal(
+                stored.state,
+                np.concatenate(
+                    [ep.obs["ee_pos"], ep.obs["ee_ori"], ep.obs["gripper_states"]], axis=1
+                ),
+            )
+            assert stored.attrs["success"] == ep.success
+            assert stored.attrs["group_id"] == ep.spec.group_id
+            assert stored.attrs["init_state_index"] == 7
+            assert stored.attrs["language"] == ep.language
+    on_disk = read_index(path)
+    pd.testing.assert_frame_equal(on_disk, index)
+    assert list(on_disk["length"]) == [6, 9]
+    assert list(on_disk["success"]) == [True, False]
+    with h5py.File(path) as f:  # images are stored compressed
+        assert f["data/demo_0/obs/agentview_rgb"].compression == "gzip"
+
+
+def test_reads_official_libero_layout_in_policy_orientation(tmp_path):
+    """LIBERO's demo files keep raw (upside-down) renders and the language in problem_info."""
+    path = tmp_path / "official_demo.hdf5"
+    raw = np.arange(2 * 4 * 4 * 3, dtype=np.uint8).reshape(2, 4, 4, 3)
+    with h5py.File(path, "w") as f:
+        data = f.create_group("data")
+        data.attrs["problem_info"] = json.dumps({"language_instruction": "open the drawer"})
+        demo = data.create_group("demo_0")
+        demo.create_dataset("actions", data=np.zeros((2, 7)))
+        obs = demo.create_group("obs")
+        obs.create_dataset("agentview_rgb", data=raw)
+        for key, dim in [("ee_pos", 3), ("ee_ori", 3), ("gripper_states", 2)]:
+            obs.create_dataset(key, data=np.ones((2, dim)))
+    with EpisodeReader(path) as reader:
+        episode = reader.read("demo_0")
+    assert episode.attrs["language"] == "open the drawer"
+    np.testing.assert_array_equal(episode.obs["agentview_rgb"], raw[:, ::-1, ::-1])
+    assert episode.state.shape == (2, 8)
+
+
+def test_missing_truncated_and_foreign_files(tmp_path):
+    with pytest.raises(EpisodeFileError, match="not found"):
+        EpisodeReader(tmp_path / "missing.h5")
+
+    path = tmp_path / "shard.h5"
+    write_shard(path, [make_episode(0)], policy_id="expert")
+    truncated = tmp_path / "truncated.h5"
+    truncated.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
+    with pytest.raises(EpisodeFileError, match=r"truncated\.h5.*truncated or corrupt"):
+        EpisodeReader(truncated)
+
+    foreign = tmp_path / "foreign.h5"
+    with h5py.File(foreign, "w") as f:
+        f.create_dataset("weights", data=np.zeros(3))
+    with pytest.raises(EpisodeFileError, match=r"foreign\.h5.*no 'data' group.*weights"):
+        EpisodeReader(foreign)
+
+    text = tmp_path / "notes.h5"
+    text.write_text("hello")
+    with pytest.raises(EpisodeFileError, match="not a readable HDF5"):
+        EpisodeReader(text)
+
+
+def test_index_that_disagrees_with_its_shard(tmp_path):
+    a, b = tmp_path / "a.h5", tmp_path / "b.h5"
+    write_shard(a, [make_episode(0)], policy_id="expert")
+    write_shard(b, [make_episode(0), make_episode(1)], policy_id="expert")
+    index_path(a).write_bytes(index_path(b).read_bytes())
+    with pytest.raises(EpisodeFileError, match="index lists 2 episodes but .*a.h5 holds 1"):
+        read_index(a)
+    index_path(a).unlink()
+    with pytest.raises(EpisodeFileError, match="episode index not found"):
+        read_index(a)
+
+
+def test_failed_write_leaves_nothing_behind(tmp_path):
+    broken = make_episode(0)
+    broken.obs["ee_pos"] = object()  # h5py cannot store this
+    with pytest.raises(TypeError):
+        write_shard(tmp_path / "shard.h5", [make_episode(1), broken], policy_id="expert")
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ValueError, match="no episodes"):
+        write_shard(tmp_path / "empty.h5", [], policy_id="expert")

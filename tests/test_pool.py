@@ -1,0 +1,114 @@
+"""Parallel rollouts with the real simulator: grouping, recovery, videos, the expert."""
+
+import numpy as np
+import pytest
+from conftest import KillingPolicy, RandomPolicy
+
+from ript.collect import episode_specs, per_task_success
+from ript.envs.expert import ScriptedExpert
+from ript.envs.pool import EnvPool
+from ript.envs.video import write_video
+
+pytestmark = pytest.mark.sim
+
+
+def short_specs(n_init=2, k=2, **kw):
+    return episode_specs(
+        suite="libero_object",
+        tasks=[0],
+        init_states=(0, n_init),
+        rollouts_per_init=k,
+        seed=0,
+        use_init_states=True,
+        **kw,
+    )
+
+
+def test_k_rollouts_per_init_state_share_a_group(lowdim_pool):
+    specs = short_specs(n_init=2, k=3)
+    episodes = lowdim_pool.run(specs, RandomPolicy(), progress=False)
+    assert [e.spec.episode_index for e in episodes] == list(range(6))
+    groups = {}
+    for e in episodes:
+        groups.setdefault(e.spec.group_id, []).append(e)
+    assert sorted(groups) == ["libero_object/task0/init0", "libero_object/task0/init1"]
+    for members in groups.values():
+        assert [m.spec.rollout_index for m in members] == [0, 1, 2]
+        assert len({m.spec.init_state_index for m in members}) == 1
+        assert len({m.spec.seed for m in members}) == 3  # the policy's noise differs
+        # the group shares its start: identical first observations
+        for m in members[1:]:
+            np.testing.assert_array_equal(m.obs["state"][0], members[0].obs["state"][0])
+    for e in episodes:
+        assert e.length == 130 and not e.success  # random actions run to the limit
+        assert e.actions.shape == (130, 7) and e.obs["state"].shape == (130, 8)
+        assert e.dones.sum() == 1 and e.dones[-1] == 1
+
+
+def test_rollouts_are_reproducible(lowdim_pool):
+    specs = short_specs(n_init=1, k=2)
+    a = lowdim_pool.run(specs, RandomPolicy(), progress=False)
+    b = lowdim_pool.run(list(reversed(specs)), RandomPolicy(), progress=False)
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x.actions, y.actions)
+        np.testing.assert_array_equal(x.states, y.states)
+
+
+def test_killed_worker_is_recovered_with_the_exact_episode_count(lowdim_pool):
+    specs = short_specs(n_init=2, k=2)
+    reference = lowdim_pool.run(specs, RandomPolicy(), progress=False)
+    restarts = lowdim_pool.stats.worker_restarts
+    policy = KillingPolicy(lowdim_pool, kill_on_call=4, worker=1)
+    episodes = lowdim_pool.run(specs, policy, progress=False)
+    assert policy.killed_pid is not None
+    assert policy.killed_pid not in lowdim_pool.worker_pids
+    assert lowdim_pool.stats.worker_restarts == restarts + 1
+    assert [e.spec.episode_index for e in episodes] == [s.episode_index for s in specs]
+    for got, want in zip(episodes, reference, strict=True):  # the re-run is the same episode
+        np.testing.assert_array_equal(got.actions, want.actions)
+        np.testing.assert_array_equal(got.states, want.states)
+
+
+def test_expert_succeeds_and_videos_are_written(lowdim_pool, tmp_path):
+    specs = short_specs(n_init=2, k=1, n_video=2)
+    episodes = lowdim_pool.run(specs, ScriptedExpert(), progress=False)
+    assert all(e.success for e in episodes), [e.length for e in episodes]
+    assert all(e.rewards[-1] == 1.0 for e in episodes)
+    assert per_task_success(episodes).loc[0, "success_rate"] == 1.0
+    paths = [write_video(e, tmp_path, fps=20) for e in episodes]
+    assert len({p.name for p in paths}) == 2
+    for path, e in zip(paths, episodes, strict=True):
+        assert path.stat().st_size > 1000
+        assert f"ep{e.spec.episode_index:04d}_success" in path.name
+        assert len(e.frames) == e.length + 1  # the first observation and one per step
+        assert e.frames[0].shape == (64, 64, 3)
+
+
+def test_noisy_expert_is_reproducible_and_worse(lowdim_pool):
+    specs = short_specs(n_init=2, k=2)
+    noisy = ScriptedExpert(action_noise=2.0, grasp_offset=0.05)
+    a = lowdim_pool.run(specs, noisy, progress=False)
+    b = lowdim_pool.run(specs, noisy, progress=False)
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x.actions, y.actions)
+    assert sum(e.success for e in a) < len(a)
+
+
+def test_bad_policy_output_is_reported():
+    class Wrong(RandomPolicy):
+        def act(self, requests):
+            return np.zeros((len(requests), 5, 6))
+
+    with (
+        EnvPool(
+            1,
+            max_episode_length=5,
+            num_steps_wait=0,
+            replan_steps=5,
+            cameras=False,
+            image_size=64,
+            privileged_object_state=False,
+        ) as pool,
+        pytest.raises(ValueError, match=r"shape \(1, 5, 6\); expected \(1, chunk_len, 7\)"),
+    ):
+        pool.run(short_specs(n_init=1, k=1), Wrong(), progress=False)

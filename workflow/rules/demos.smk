@@ -1,0 +1,23 @@
+# Scripted-expert demonstrations on the training init states, one shard per task.
+
+
+rule demos:
+    output:
+        shard=f"{RESULTS}/demos/task{{task}}.h5",
+        index=f"{RESULTS}/demos/task{{task}}.index.parquet",
+    params:
+        settings=lambda wildcards: settings(
+            ENV_KEYS + ["expert_action_noise", "expert_grasp_offset"],
+            tasks=[int(wildcards.task)],
+            rollouts_per_init=config["demos_per_init"],
+        ),
+    log:
+        f"{RESULTS}/logs/demos/task{{task}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/demos/task{{task}}.tsv"
+    threads: config["num_parallel_envs"]
+    conda:
+        ENV
+    shell:
+        "ript collect --policy expert --init-states train --num-parallel-envs {threads} "
+        "{params.settings} --out {output.shard} --no-progress > {log} 2>&1"
