@@ -94,21 +94,25 @@ def test_noisy_expert_is_reproducible_and_worse(lowdim_pool):
     assert sum(e.success for e in a) < len(a)
 
 
-def test_bad_policy_output_is_reported():
+def test_bad_policy_output_is_reported_and_the_pool_stays_usable():
     class Wrong(RandomPolicy):
         def act(self, requests):
             return np.zeros((len(requests), 5, 6))
 
-    with (
-        EnvPool(
-            1,
-            max_episode_length=5,
-            num_steps_wait=0,
-            replan_steps=5,
-            cameras=False,
-            image_size=64,
-            privileged_object_state=False,
-        ) as pool,
-        pytest.raises(ValueError, match=r"shape \(1, 5, 6\); expected \(1, chunk_len, 7\)"),
-    ):
-        pool.run(short_specs(n_init=1, k=1), Wrong(), progress=False)
+    specs = short_specs(n_init=1, k=2)
+    with EnvPool(
+        1,
+        max_episode_length=5,
+        num_steps_wait=0,
+        replan_steps=5,
+        cameras=False,
+        image_size=64,
+        privileged_object_state=False,
+    ) as pool:
+        with pytest.raises(ValueError, match=r"shape \(1, 5, 6\); expected \(1, chunk_len, 7\)"):
+            pool.run(specs, Wrong(), progress=False)
+        episodes = pool.run(specs, RandomPolicy(), progress=False)
+        assert [e.spec.episode_index for e in episodes] == [0, 1]
+        assert [e.length for e in episodes] == [5, 5]
+        with pytest.raises(ValueError, match="distinct episode_index"):
+            pool.run([specs[0], specs[0]], RandomPolicy(), progress=False)

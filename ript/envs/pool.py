@@ -128,6 +128,8 @@ class RolloutStats:
 
 
 def _worker_main(conn: Connection, env_kwargs: dict[str, Any], render_source: str) -> None:
+    # Simulator chatter goes to stderr; stdout stays the command's own (tables, summaries).
+    os.dup2(2, 1)
     prepare_process_environment()
     envs: dict[tuple[str, int], LiberoEnv] = {}
     env: LiberoEnv | None = None
@@ -287,6 +289,9 @@ class EnvPool:
         desc: str = "rollouts",
     ) -> list[Episode]:
         """Roll out every spec once; episodes come back in `episode_index` order."""
+        if len({s.episode_index for s in specs}) != len(specs):
+            raise ValueError("episode specs must have distinct episode_index values")
+        self._discard_unfinished()
         pending: deque[EpisodeSpec] = deque(specs)
         restarts: dict[int, int] = {}
         finished: dict[int, Episode] = {}
@@ -311,6 +316,15 @@ class EnvPool:
             bar.close()
         self.stats.wall_seconds += time.monotonic() - start
         return [finished[s.episode_index] for s in sorted(specs, key=lambda s: s.episode_index)]
+
+    def _discard_unfinished(self) -> None:
+        """Forget episodes of an earlier run that was aborted (e.g. by a policy error)."""
+        for i, w in enumerate(self._workers):
+            if w.awaiting is not None:  # a reply is still in flight: start afresh
+                w.close(timeout=1.0)
+                self._workers[i] = self._new_worker()
+            else:
+                w.buffer = None
 
     def _call_policy(self, policy: RolloutPolicy, live: list[_Worker]) -> np.ndarray:
         requests = [

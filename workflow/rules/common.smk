@@ -6,7 +6,8 @@ import yaml
 from ript.config import ConfigError, apply_env_overrides, validate
 
 try:
-    config.update(validate(apply_env_overrides(config), source="config"))
+    source = f"config ({', '.join(map(str, workflow.configfiles))} with --config overrides)"
+    config.update(validate(apply_env_overrides(config), source=source))
 except ConfigError as error:
     raise WorkflowError(f"invalid config: {error}") from None
 
