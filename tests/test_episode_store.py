@@ -23,7 +23,7 @@ def make_episode(i: int, t: int = 6, cameras: bool = True, success: bool = True)
         "ee_ori": rng.normal(size=(t, 3)).astype(np.float32),
         "gripper_states": rng.normal(size=(t, 2)).astype(np.float32),
         "joint_states": rng.normal(size=(t, 7)).astype(np.float32),
-        "privileged_object_state": rng.normal(size=(t, 21)).astype(np.float32),
+        "privileged_object_state": rng.normal(size=(t, 28)).astype(np.float32),
     }
     if cameras:
         obs["agentview_rgb"] = rng.integers(0, 255, size=(t, 16, 16, 3), dtype=np.uint8)

@@ -43,10 +43,16 @@ def test_privileged_object_state_holds_the_objects_of_interest(lowdim_env):
     raw = lowdim_env.raw_observation
     target, basket = lowdim_env.objects_of_interest
     assert (target, basket) == ("alphabet_soup_1", "basket_1")
-    np.testing.assert_allclose(obs["privileged_object_state"][:3], raw[f"{target}_pos"], rtol=1e-6)
-    np.testing.assert_allclose(
-        obs["privileged_object_state"][7:10], raw[f"{basket}_pos"], rtol=1e-6
-    )
+    sim = lowdim_env.sim
+    for i, name in enumerate((target, basket)):
+        pose = obs["privileged_object_state"][7 * i : 7 * i + 7]
+        body = sim.model.body_name2id(lowdim_env._env.env.objects_dict[name].root_body)
+        np.testing.assert_allclose(pose[:3], sim.data.body_xpos[body], atol=1e-6)
+        # (x, y, z, w) like robosuite's own `<name>_quat` observable
+        wxyz = sim.data.body_xquat[body]
+        np.testing.assert_allclose(pose[3:], [*wxyz[1:], wxyz[0]], atol=1e-6)
+        np.testing.assert_allclose(np.abs(pose[3:]), np.abs(raw[f"{name}_quat"]), atol=1e-2)
+    np.testing.assert_array_equal(obs["privileged_object_state"][14:], 0)
     assert "agentview_rgb" not in obs  # low-dim: nothing rendered
 
 
@@ -105,3 +111,30 @@ def test_unknown_suite_and_task_list_the_valid_ones():
         check_suite_task("libero_moon", 0)
     with pytest.raises(ValueError, match=r"task id 10 for suite 'libero_goal'.*0\.\.9"):
         make_env("libero_goal", 10, max_episode_length=1)
+
+
+def test_every_task_fits_privileged_object_state():
+    from libero.libero.envs.bddl_utils import robosuite_parse_problem
+
+    from ript.envs.libero_env import task_info
+    from ript.envs.observation import MAX_PRIVILEGED_OBJECTS
+    from ript.envs.suites import SUITE_NUM_TASKS
+
+    counts = [
+        len(robosuite_parse_problem(task_info(suite, t).bddl_file)["obj_of_interest"])
+        for suite, n in SUITE_NUM_TASKS.items()
+        for t in range(n)
+    ]
+    assert len(counts) == 130
+    assert max(counts) == MAX_PRIVILEGED_OBJECTS
+
+
+@pytest.mark.parametrize("suite", ["libero_spatial", "libero_goal", "libero_10", "libero_90"])
+def test_other_suites_run(suite):
+    env = make_env(suite, 0, max_episode_length=2, num_steps_wait=1)
+    try:
+        obs = env.reset(seed=0, init_state_index=0)
+        assert obs["state"].shape == (8,) and obs["privileged_object_state"].shape == (28,)
+        assert not env.step(DUMMY_ACTION).done and env.step(DUMMY_ACTION).done
+    finally:
+        env.close()

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from robosuite.utils import transform_utils
 
-from ript.envs.observation import adapt_observation, flip_image, quat2axisangle
+from ript.envs.observation import PRIVILEGED_DIM, adapt_observation, flip_image, quat2axisangle
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -22,16 +22,16 @@ def test_adapter_layout_without_simulator():
         "robot0_joint_pos": rng.normal(size=7),
         "agentview_image": rng.integers(0, 255, (8, 8, 3), dtype=np.uint8),
         "robot0_eye_in_hand_image": rng.integers(0, 255, (8, 8, 3), dtype=np.uint8),
-        "bowl_1_pos": np.ones(3),
-        "bowl_1_quat": np.array([0, 0, 0, 1.0]),
     }
-    obs = adapt_observation(raw, cameras=True, objects_of_interest=["bowl_1"])
+    bowl = np.array([1.0, 1, 1, 0, 0, 0, 1])
+    obs = adapt_observation(raw, cameras=True, object_poses=[bowl])
     assert obs["state"].shape == (8,)
     np.testing.assert_allclose(obs["state"][3:6], [0, np.pi, 0], atol=1e-6)
     np.testing.assert_array_equal(obs["agentview_rgb"], raw["agentview_image"][::-1, ::-1])
-    assert obs["privileged_object_state"].shape == (21,)
+    assert obs["privileged_object_state"].shape == (PRIVILEGED_DIM,) == (28,)
+    np.testing.assert_array_equal(obs["privileged_object_state"][:7], bowl)
     np.testing.assert_array_equal(obs["privileged_object_state"][7:], 0)
-    lowdim = adapt_observation(raw, cameras=False, objects_of_interest=None)
+    lowdim = adapt_observation(raw, cameras=False, object_poses=None)
     assert "agentview_rgb" not in lowdim and "privileged_object_state" not in lowdim
     np.testing.assert_array_equal(
         flip_image(flip_image(raw["agentview_image"])), raw["agentview_image"]

@@ -7,7 +7,7 @@ Layout (the same as LIBERO's official demonstration files, so one reader serves 
         actions      (T, 7)
         obs/ee_pos (T, 3), ee_ori (T, 3), gripper_states (T, 2), joint_states (T, 7),
             agentview_rgb, eye_in_hand_rgb (T, H, W, 3) uint8 gzip, when cameras are on
-            privileged_object_state (T, 21), when enabled
+            privileged_object_state (T, 28), when enabled
         rewards (T,), dones (T,), states (T, S)
 
 LIBERO's own files store camera images as rendered (upside down); ours store them flipped

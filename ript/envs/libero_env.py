@@ -115,7 +115,7 @@ class LiberoEnv:
             # simulator state afterwards, so nothing of the last episode survives.
             hard_reset=False,
         )
-        self._objects = list(self._env.obj_of_interest) if privileged_object_state else None
+        self._privileged = privileged_object_state
         self._init_states: np.ndarray | None = None
         self.steps = 0
         self._raw: dict[str, Any] = {}
@@ -178,8 +178,19 @@ class LiberoEnv:
     def raw_observation(self) -> dict[str, Any]:
         return self._raw
 
+    def object_poses(self) -> list[np.ndarray]:
+        """World poses (pos, quat xyzw) of the objects of interest, fixtures and regions too."""
+        states = self._env.env.object_states_dict
+        poses = []
+        for name in self.objects_of_interest:
+            geom = states[name].get_geom_state()
+            quat_wxyz = np.asarray(geom["quat"], dtype=np.float64)
+            poses.append(np.concatenate([geom["pos"], quat_wxyz[[1, 2, 3, 0]]]))
+        return poses
+
     def _observe(self, raw: dict[str, Any]) -> dict[str, np.ndarray]:
-        return adapt_observation(raw, cameras=self.cameras, objects_of_interest=self._objects)
+        poses = self.object_poses() if self._privileged else None
+        return adapt_observation(raw, cameras=self.cameras, object_poses=poses)
 
     def close(self) -> None:
         env, self._env = getattr(self, "_env", None), None

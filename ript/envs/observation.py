@@ -11,8 +11,8 @@ ACTION_DIM = 7
 # openpi's LIBERO dummy action: no motion, gripper open.
 DUMMY_ACTION = np.array([0.0] * 6 + [-1.0])
 # Objects of interest whose poses (pos 3 + quat 4) form `privileged_object_state`;
-# LIBERO tasks name at most three, fewer are zero-padded so the width is fixed.
-MAX_PRIVILEGED_OBJECTS = 3
+# LIBERO tasks name at most four (libero_10), fewer are zero-padded so the width is fixed.
+MAX_PRIVILEGED_OBJECTS = 4
 PRIVILEGED_DIM = 7 * MAX_PRIVILEGED_OBJECTS
 
 
@@ -35,7 +35,7 @@ def adapt_observation(
     raw: dict[str, Any],
     *,
     cameras: bool,
-    objects_of_interest: list[str] | None,
+    object_poses: list[np.ndarray] | None,
 ) -> dict[str, np.ndarray]:
     """Turn a raw robosuite observation into the arrays the policy and the episode store use.
 
@@ -55,19 +55,19 @@ def adapt_observation(
     if cameras:
         obs["agentview_rgb"] = flip_image(raw["agentview_image"])
         obs["eye_in_hand_rgb"] = flip_image(raw["robot0_eye_in_hand_image"])
-    if objects_of_interest is not None:
-        obs["privileged_object_state"] = privileged_object_state(raw, objects_of_interest)
+    if object_poses is not None:
+        obs["privileged_object_state"] = privileged_object_state(object_poses)
     return obs
 
 
-def privileged_object_state(raw: dict[str, Any], objects: list[str]) -> np.ndarray:
-    if len(objects) > MAX_PRIVILEGED_OBJECTS:
+def privileged_object_state(object_poses: list[np.ndarray]) -> np.ndarray:
+    """Concatenated (pos 3, quat xyzw 4) poses, zero-padded to MAX_PRIVILEGED_OBJECTS."""
+    if len(object_poses) > MAX_PRIVILEGED_OBJECTS:
         raise ValueError(
-            f"task has {len(objects)} objects of interest {objects}; at most "
+            f"task has {len(object_poses)} objects of interest; at most "
             f"{MAX_PRIVILEGED_OBJECTS} fit in privileged_object_state"
         )
     out = np.zeros(PRIVILEGED_DIM, dtype=np.float32)
-    for i, name in enumerate(objects):
-        out[7 * i : 7 * i + 3] = raw[f"{name}_pos"]
-        out[7 * i + 3 : 7 * i + 7] = raw[f"{name}_quat"]
+    for i, pose in enumerate(object_poses):
+        out[7 * i : 7 * i + 7] = pose
     return out
