@@ -6,7 +6,7 @@ from conftest import KillingPolicy, RandomPolicy
 
 from ript.collect import episode_specs, per_task_success
 from ript.envs.expert import ScriptedExpert
-from ript.envs.pool import EnvPool
+from ript.envs.pool import EnvPool, EpisodeSpec
 from ript.envs.video import write_video
 
 pytestmark = pytest.mark.sim
@@ -116,3 +116,32 @@ def test_bad_policy_output_is_reported_and_the_pool_stays_usable():
         assert [e.length for e in episodes] == [5, 5]
         with pytest.raises(ValueError, match="distinct episode_index"):
             pool.run([specs[0], specs[0]], RandomPolicy(), progress=False)
+
+
+def test_switching_tasks_through_a_small_env_cache_changes_nothing():
+    """With room for one simulator, every task switch closes and re-creates an env."""
+    specs = episode_specs(
+        suite="libero_object",
+        tasks=[0, 3],
+        init_states=(0, 1),
+        rollouts_per_init=1,
+        seed=0,
+        use_init_states=True,
+    )
+    again = [
+        EpisodeSpec(**{**vars(specs[0]), "episode_index": 2}),
+    ]
+    with EnvPool(
+        1,
+        max_episode_length=3,
+        num_steps_wait=2,
+        replan_steps=5,
+        cameras=False,
+        image_size=64,
+        privileged_object_state=True,
+        max_cached_envs=1,
+    ) as pool:
+        first, other, revisit = pool.run(specs + again, RandomPolicy(), progress=False)
+    assert other.spec.task_id == 3 and revisit.spec.task_id == 0
+    np.testing.assert_array_equal(first.states, revisit.states)
+    np.testing.assert_array_equal(first.actions, revisit.actions)

@@ -16,7 +16,7 @@ import multiprocessing as mp
 import os
 import time
 import traceback
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any, Protocol
@@ -127,11 +127,13 @@ class RolloutStats:
 # worker side
 
 
-def _worker_main(conn: Connection, env_kwargs: dict[str, Any], render_source: str) -> None:
+def _worker_main(
+    conn: Connection, env_kwargs: dict[str, Any], render_source: str, max_cached_envs: int
+) -> None:
     # Simulator chatter goes to stderr; stdout stays the command's own (tables, summaries).
     os.dup2(2, 1)
     prepare_process_environment()
-    envs: dict[tuple[str, int], LiberoEnv] = {}
+    envs: OrderedDict[tuple[str, int], LiberoEnv] = OrderedDict()  # least recently used first
     env: LiberoEnv | None = None
     record = False
 
@@ -150,7 +152,10 @@ def _worker_main(conn: Connection, env_kwargs: dict[str, Any], render_source: st
                     spec: EpisodeSpec = payload
                     key = (spec.suite, spec.task_id)
                     if key not in envs:
+                        while len(envs) >= max_cached_envs:
+                            envs.popitem(last=False)[1].close()
                         envs[key] = make_env(spec.suite, spec.task_id, **env_kwargs)
+                    envs.move_to_end(key)
                     env = envs[key]
                     record = spec.record_video
                     obs = env.reset(seed=spec.reset_seed, init_state_index=spec.init_state_index)
@@ -187,11 +192,9 @@ def _worker_main(conn: Connection, env_kwargs: dict[str, Any], render_source: st
 
 
 class _Worker:
-    def __init__(self, ctx: Any, env_kwargs: dict[str, Any], render_source: str) -> None:
+    def __init__(self, ctx: Any, args: tuple[Any, ...]) -> None:
         self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(
-            target=_worker_main, args=(child, env_kwargs, render_source), daemon=True
-        )
+        self.process = ctx.Process(target=_worker_main, args=(child, *args), daemon=True)
         self.process.start()
         child.close()
         self.buffer: _Buffer | None = None
@@ -232,21 +235,27 @@ class EnvPool:
         render_source: str = "obs",
         env_create_retries: int = 3,
         worker_timeout_s: float = 300.0,
+        max_cached_envs: int = 4,
     ) -> None:
+        """`max_cached_envs`: simulators a worker keeps across tasks (each holds a compiled
+        model, and a renderer with cameras); the least recently used is closed beyond it."""
         global _logged_start_method
         if num_workers < 1:
             raise ValueError(f"num_workers must be >= 1, got {num_workers}")
         self.replan_steps = replan_steps
         self.worker_timeout_s = worker_timeout_s
-        self.render_source = render_source
-        self._env_kwargs = dict(
-            max_episode_length=max_episode_length,
-            num_steps_wait=num_steps_wait,
-            cameras=cameras,
-            image_size=image_size,
-            privileged_object_state=privileged_object_state,
-            offscreen_render=render_source == "render",
-            retries=env_create_retries,
+        self._worker_args = (
+            dict(
+                max_episode_length=max_episode_length,
+                num_steps_wait=num_steps_wait,
+                cameras=cameras,
+                image_size=image_size,
+                privileged_object_state=privileged_object_state,
+                offscreen_render=render_source == "render",
+                retries=env_create_retries,
+            ),
+            render_source,
+            max_cached_envs,
         )
         prepare_process_environment()
         if not _logged_start_method:
@@ -261,7 +270,7 @@ class EnvPool:
         self.stats = RolloutStats()
 
     def _new_worker(self) -> _Worker:
-        return _Worker(self._ctx, self._env_kwargs, self.render_source)
+        return _Worker(self._ctx, self._worker_args)
 
     @property
     def worker_pids(self) -> list[int]:
