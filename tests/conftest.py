@@ -51,11 +51,9 @@ class KillingPolicy(RandomPolicy):
         return out
 
 
-@pytest.fixture(scope="session")
-def lowdim_pool():
-    """Two low-dim workers on LIBERO-Object; long enough for the expert to finish task 0."""
-    with EnvPool(
-        2,
+def small_pool(num_workers: int = 1, **overrides) -> EnvPool:
+    """A low-dim pool with 64 px offscreen renders for videos; keyword args override."""
+    settings = dict(
         max_episode_length=130,
         num_steps_wait=10,
         replan_steps=5,
@@ -63,5 +61,12 @@ def lowdim_pool():
         image_size=64,
         privileged_object_state=True,
         render_source="render",
-    ) as pool:
+    )
+    return EnvPool(num_workers, **{**settings, **overrides})
+
+
+@pytest.fixture(scope="session")
+def lowdim_pool():
+    """Two workers on LIBERO-Object; episodes long enough for the expert to finish task 0."""
+    with small_pool(2) as pool:
         yield pool

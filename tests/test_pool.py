@@ -2,11 +2,11 @@
 
 import numpy as np
 import pytest
-from conftest import KillingPolicy, RandomPolicy
+from conftest import KillingPolicy, RandomPolicy, small_pool
 
 from ript.collect import episode_specs, per_task_success
 from ript.envs.expert import ScriptedExpert
-from ript.envs.pool import EnvPool, EpisodeSpec
+from ript.envs.pool import EpisodeSpec
 from ript.envs.video import write_video
 
 pytestmark = pytest.mark.sim
@@ -100,15 +100,7 @@ def test_bad_policy_output_is_reported_and_the_pool_stays_usable():
             return np.zeros((len(requests), 5, 6))
 
     specs = short_specs(n_init=1, k=2)
-    with EnvPool(
-        1,
-        max_episode_length=5,
-        num_steps_wait=0,
-        replan_steps=5,
-        cameras=False,
-        image_size=64,
-        privileged_object_state=False,
-    ) as pool:
+    with small_pool(max_episode_length=5, num_steps_wait=0, privileged_object_state=False) as pool:
         with pytest.raises(ValueError, match=r"shape \(1, 5, 6\); expected \(1, chunk_len, 7\)"):
             pool.run(specs, Wrong(), progress=False)
         episodes = pool.run(specs, RandomPolicy(), progress=False)
@@ -128,19 +120,8 @@ def test_switching_tasks_through_a_small_env_cache_changes_nothing():
         seed=0,
         use_init_states=True,
     )
-    again = [
-        EpisodeSpec(**{**vars(specs[0]), "episode_index": 2}),
-    ]
-    with EnvPool(
-        1,
-        max_episode_length=3,
-        num_steps_wait=2,
-        replan_steps=5,
-        cameras=False,
-        image_size=64,
-        privileged_object_state=True,
-        max_cached_envs=1,
-    ) as pool:
+    again = [EpisodeSpec(**{**vars(specs[0]), "episode_index": 2})]
+    with small_pool(max_episode_length=3, num_steps_wait=2, max_cached_envs=1) as pool:
         first, other, revisit = pool.run(specs + again, RandomPolicy(), progress=False)
     assert other.spec.task_id == 3 and revisit.spec.task_id == 0
     np.testing.assert_array_equal(first.states, revisit.states)
