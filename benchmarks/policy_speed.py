@@ -1,0 +1,158 @@
+"""pi0-scale speed of the CFG policy against transformers' stock PI0, on one GPU.
+
+    python benchmarks/policy_speed.py [--preset pi0] [--dtype bfloat16] [--batch 1 8]
+
+Random weights, `PI0Config()` sizes, 2 of 3 camera slots filled, 48 prompt tokens (the
+setting in which the reference figures of the policy issue were measured). Prints, in one
+run against stock on the same device:
+  - stock `sample_actions` and a naive CFG that calls it twice;
+  - the stock prefix alone;
+  - our `sample_actions` single-branch (cfg_scale 1) and guided (cfg_scale 2), and the
+    ratio guided / single;
+  - a training step (forward + backward) at the training batch: stock loss vs our
+    two-branch `compute_loss`, peak memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from transformers import PI0Config, PI0ForConditionalGeneration
+
+from ript.models.cfg_pi0 import CFGPI0ForConditionalGeneration
+from ript.models.presets import build_config, num_image_tokens
+
+
+def timed(fn, repeats: int, warmup: int = 2) -> float:
+    """Median milliseconds of `fn` over `repeats` runs, after `warmup` runs."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return sorted(times)[len(times) // 2]
+
+
+def make_inputs(config, batch: int, device, dtype, prompt_tokens: int = 48, cameras=(1, 1, 0)):
+    n_img = num_image_tokens(config)
+    ids = torch.cat(
+        [
+            torch.full((batch, n_img * sum(cameras)), config.vlm_config.image_token_id),
+            torch.randint(3, 1000, (batch, prompt_tokens)),
+        ],
+        dim=1,
+    ).to(device)
+    size = config.vlm_config.vision_config.image_size
+    return dict(
+        state=torch.randn(batch, config.max_state_dim, device=device, dtype=dtype),
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        pixel_values=torch.randn(batch, len(cameras), 3, size, size, device=device, dtype=dtype),
+        pixel_attention_mask=torch.tensor([cameras] * batch, dtype=torch.bool, device=device),
+        noise=torch.randn(
+            batch, config.chunk_size, config.max_action_dim, device=device, dtype=dtype
+        ),
+    )
+
+
+@torch.no_grad()
+def sampling_rows(stock, ours, x: dict, repeats: int) -> list[tuple[str, float, str]]:
+    state = x["state"]
+    kw = {k: v for k, v in x.items() if k != "state"}
+    prefix = (x["input_ids"], x["attention_mask"], x["pixel_values"], x["pixel_attention_mask"])
+    stock_ms = timed(lambda: stock.sample_actions(state, **kw), repeats)
+    naive_ms = timed(lambda: [stock.sample_actions(state, **kw) for _ in range(2)], repeats)
+    prefix_ms = timed(lambda: ours.prefix_cache(*prefix), repeats)
+    single_ms = timed(lambda: ours.sample_actions(state, cfg_scale=1.0, **kw), repeats)
+    cfg_ms = timed(lambda: ours.sample_actions(state, cfg_scale=2.0, **kw), repeats)
+    return [
+        ("stock sample_actions", stock_ms, "1.00x stock"),
+        ("stock naive CFG (2 calls)", naive_ms, f"{naive_ms / stock_ms:.2f}x stock"),
+        ("prefix only", prefix_ms, f"{prefix_ms / stock_ms:.2f}x stock"),
+        ("ours cfg_scale=1", single_ms, f"{stock_ms / single_ms:.2f}x faster"),
+        ("ours cfg_scale=2 (batched CFG)", cfg_ms, f"{cfg_ms / single_ms:.2f}x single"),
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="pi0")
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--train-batch", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--cond-mode", default="bias")
+    args = parser.parse_args()
+    device, dtype = torch.device("cuda"), getattr(torch, args.dtype)
+    config = build_config(args.preset, cond_mode=args.cond_mode)
+    own = ("model_type", "transformers_version", "cond_mode", "label_scheme", "cond_embed_dim")
+    stock_config = PI0Config(**{k: v for k, v in config.to_dict().items() if k not in own})
+    torch.manual_seed(0)
+    stock = PI0ForConditionalGeneration(stock_config).to(device, dtype).eval()
+    ours = CFGPI0ForConditionalGeneration(config).to(device, dtype).eval()
+    ours.load_state_dict(stock.state_dict(), strict=False)
+    params = sum(p.numel() for p in ours.parameters()) / 1e9
+    print(
+        f"preset={args.preset} params={params:.2f}B dtype={args.dtype} "
+        f"cond_mode={args.cond_mode} device={torch.cuda.get_device_name()}"
+    )
+    print(f"{'what':<34} {'batch':>5} {'ms':>9} {'ratio':>16}")
+    for batch in args.batch:
+        for what, ms, ratio in sampling_rows(
+            stock, ours, make_inputs(config, batch, device, dtype), args.repeats
+        ):
+            print(f"{what:<34} {batch:>5} {ms:>9.1f} {ratio:>16}")
+
+    batch = args.train_batch
+    x = make_inputs(config, batch, device, dtype)
+    actions = torch.randn_like(x["noise"])
+    ours.train()
+    stock.train()
+    labels = [
+        torch.ones(batch, dtype=torch.long, device=device),
+        torch.zeros(batch, dtype=torch.long, device=device),
+    ]
+
+    def stock_step():
+        stock(actions=actions, **x).loss.backward()
+
+    def cfg_step():
+        ours.compute_loss(
+            x["state"],
+            actions,
+            x["input_ids"],
+            x["attention_mask"],
+            labels,
+            x["pixel_values"],
+            x["pixel_attention_mask"],
+            action_dim=7,
+        ).mean().backward()
+
+    for name, step, model in (
+        ("stock train step", stock_step, stock),
+        ("ours CFG train step (2 branches)", cfg_step, ours),
+    ):
+        model.zero_grad(set_to_none=True)
+        torch.cuda.reset_peak_memory_stats()
+        try:
+            ms = timed(step, max(3, args.repeats // 3), warmup=1)
+        except torch.cuda.OutOfMemoryError:
+            print(f"{name:<34} {batch:>5} {'out of memory':>9}")
+            model.zero_grad(set_to_none=True)
+            torch.cuda.empty_cache()
+            continue
+        peak = torch.cuda.max_memory_allocated() / 2**30
+        if name.startswith("stock"):
+            stock_train = ms
+        print(f"{name:<34} {batch:>5} {ms:>9.1f} {ms / stock_train:>14.2f}x  peak {peak:.1f} GiB")
+        model.zero_grad(set_to_none=True)
+
+
+if __name__ == "__main__":
+    main()
