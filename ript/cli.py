@@ -23,7 +23,12 @@ def _setup_logging(verbose: bool) -> None:
 def _add_collect(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("collect", help="roll a policy out on LIBERO and write one episode shard")
     p.add_argument("--config", help="experiment YAML (defaults from the schema when omitted)")
-    p.add_argument("--policy", default="expert", help="'expert' (the scripted demonstrator)")
+    p.add_argument(
+        "--policy",
+        default="expert",
+        help="'expert' (the scripted demonstrator) or a policy checkpoint directory",
+    )
+    p.add_argument("--cfg-scale", type=float, default=1.0, help="guidance scale (policies)")
     p.add_argument("--out", required=True, help="output shard (.h5); its index goes beside it")
     p.add_argument("--suite", help="overrides config 'suite'")
     p.add_argument("--tasks", type=int, nargs="+", help="overrides config 'tasks'")
@@ -98,6 +103,7 @@ def _run_collect(args: argparse.Namespace) -> None:
         policy_name=args.policy,
         out=args.out,
         init_states=args.init_states,
+        cfg_scale=args.cfg_scale,
         progress=not args.no_progress,
     )
     print(per_task_success(episodes).to_string())

@@ -80,13 +80,15 @@ def episode_specs(
     return specs
 
 
-def load_rollout_policy(name: str, config: dict[str, Any]) -> RolloutPolicy:
+def load_rollout_policy(name: str, config: dict[str, Any], cfg_scale: float = 1.0) -> RolloutPolicy:
+    """'expert' (the scripted demonstrator) or a policy checkpoint directory."""
     if name == "expert":
         return ScriptedExpert(config["expert_action_noise"], config["expert_grasp_offset"])
-    raise ValueError(
-        f"--policy {name!r}: only 'expert' can be rolled out so far; "
-        "learned-policy checkpoints are loaded once the policy module exists"
-    )
+    if not Path(name).is_dir():
+        raise ValueError(f"--policy {name!r}: neither 'expert' nor a checkpoint directory")
+    from ript.models.policy import Policy
+
+    return Policy.from_pretrained(name, cfg_scale=cfg_scale)
 
 
 def make_pool(config: dict[str, Any], num_workers: int | None = None) -> EnvPool:
@@ -135,10 +137,11 @@ def collect(
     policy_name: str,
     out: str | Path,
     init_states: str = "train",
+    cfg_scale: float = 1.0,
     progress: bool = True,
 ) -> tuple[list[Episode], RolloutStats]:
     out = Path(out)
-    policy = load_rollout_policy(policy_name, config)
+    policy = load_rollout_policy(policy_name, config, cfg_scale)
     specs = episode_specs(
         suite=config["suite"],
         tasks=config["tasks"],

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from huggingface_hub.dataclasses import strict
 from torch import nn
-from transformers import PI0Config, PI0ForConditionalGeneration
+from transformers import AutoConfig, PI0Config, PI0ForConditionalGeneration
 from transformers import initialization as init
 from transformers.conversion_mapping import (
     get_checkpoint_conversion_mapping,
@@ -71,6 +71,7 @@ class CFGPI0Config(PI0Config):
         return LABEL_SCHEMES[self.label_scheme]
 
 
+AutoConfig.register(CFGPI0Config.model_type, CFGPI0Config, exist_ok=True)
 # Checkpoints keep pi0's on-disk key layout (openpi / LeRobot names), in both directions.
 register_checkpoint_conversion_mapping(
     CFGPI0Config.model_type, get_checkpoint_conversion_mapping(PI0Config.model_type), overwrite=True
@@ -142,6 +143,7 @@ class CFGActionTimeEmbedding(PI0ActionTimeEmbedding):
 class CFGPI0ForConditionalGeneration(PI0ForConditionalGeneration):
     """`PI0ForConditionalGeneration` whose velocity also depends on a label `is_positive`."""
 
+    config: CFGPI0Config
     config_class = CFGPI0Config
 
     def __init__(self, config: CFGPI0Config) -> None:

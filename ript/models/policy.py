@@ -1,0 +1,375 @@
+"""`Policy`: LIBERO observations in, 7-dim actions out, around the CFG pi0 model.
+
+A checkpoint directory holds what the policy needs and nothing is fetched from a hub:
+
+    config.json, model.safetensors   the CFG pi0 (cond settings in config.json)
+    tokenizer.json, ...              the prompt tokenizer (local files only)
+    norm_stats.json                  openpi format, unpadded dims
+    policy.json                      which observation keys feed the model, action dim, ...
+
+`from_pretrained` also accepts a stock transformers PI0 checkpoint (config.json with
+model_type "pi0") and adds fresh condition parameters that leave its velocity unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import PI0Config, PreTrainedTokenizerBase
+
+from ript.data.norm_stats import MODES, NormStats
+from ript.models.cfg_pi0 import CFGPI0Config, CFGPI0ForConditionalGeneration
+from ript.models.presets import num_image_tokens
+from ript.models.tokenizer import load_tokenizer
+
+log = logging.getLogger(__name__)
+POLICY_FILE = "policy.json"
+NORM_STATS_FILE = "norm_stats.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory that is missing a file or holds the wrong kind of model."""
+
+
+@dataclass
+class PolicySettings:
+    """How observations map onto the model (saved as policy.json)."""
+
+    state_keys: list[str] = field(default_factory=lambda: ["state"])
+    camera_keys: list[str] = field(default_factory=list)  # in camera-slot order
+    num_camera_slots: int = 0  # pi0 has 3 (base, left wrist, right wrist); unused ones masked
+    action_dim: int = 7
+    max_prompt_tokens: int = 48
+    normalization: str = "zscore"
+    num_steps: int = 10
+
+    def __post_init__(self) -> None:
+        if self.normalization not in MODES:
+            raise ValueError(f"normalization {self.normalization!r}: expected one of {MODES}")
+        if len(self.camera_keys) > self.num_camera_slots:
+            raise ValueError(
+                f"{len(self.camera_keys)} camera keys {self.camera_keys} need at least as many "
+                f"camera slots, got num_camera_slots={self.num_camera_slots}"
+            )
+
+
+class Policy:
+    """Batched, guided action sampling and per-sample losses on LIBERO observations."""
+
+    def __init__(
+        self,
+        model: CFGPI0ForConditionalGeneration,
+        tokenizer: PreTrainedTokenizerBase,
+        norm_stats: NormStats,
+        settings: PolicySettings,
+        *,
+        cfg_scale: float = 1.0,
+        policy_id: str = "policy",
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.norm_stats = norm_stats
+        self.settings = settings
+        self.cfg_scale = cfg_scale
+        self.policy_id = policy_id
+        config = model.config
+        if norm_stats.actions.dim != settings.action_dim:
+            raise CheckpointError(
+                f"norm stats have {norm_stats.actions.dim} action dims, policy.json says "
+                f"action_dim={settings.action_dim}"
+            )
+        if settings.action_dim > config.max_action_dim:
+            raise CheckpointError(
+                f"action_dim {settings.action_dim} exceeds the model's max_action_dim "
+                f"{config.max_action_dim}"
+            )
+        if norm_stats.state.dim > config.max_state_dim:
+            raise CheckpointError(
+                f"norm stats have {norm_stats.state.dim} state dims, more than the model's "
+                f"max_state_dim {config.max_state_dim}"
+            )
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    # --- observations -> model inputs -------------------------------------------------------
+
+    def _state(self, obs: dict[str, Any]) -> np.ndarray:
+        missing = [k for k in self.settings.state_keys if k not in obs]
+        if missing:
+            raise ValueError(f"observation lacks state key(s) {missing}; has {sorted(obs)}")
+        parts = [np.asarray(obs[k], dtype=np.float32) for k in self.settings.state_keys]
+        parts = [p[None] if p.ndim == 1 else p for p in parts]  # guarantee the batch dim
+        state = np.concatenate(parts, axis=-1)
+        expected = self.norm_stats.state.dim
+        if state.shape[-1] != expected:
+            raise ValueError(
+                f"state from keys {self.settings.state_keys} has {state.shape[-1]} dims; the "
+                f"checkpoint's norm stats expect {expected}"
+            )
+        if not np.isfinite(state).all():
+            raise ValueError("state contains NaN or infinite values")
+        return state
+
+    def _images(self, obs: dict[str, Any], batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        size = self.model.config.vlm_config.vision_config.image_size
+        slots = torch.zeros(batch, self.settings.num_camera_slots, 3, size, size)
+        mask = torch.zeros(batch, self.settings.num_camera_slots, dtype=torch.bool)
+        for slot, key in enumerate(self.settings.camera_keys):
+            if key not in obs:
+                raise ValueError(f"observation lacks camera {key!r}; has {sorted(obs)}")
+            img = np.asarray(obs[key])
+            img = img[None] if img.ndim == 3 else img
+            if img.dtype != np.uint8 or img.ndim != 4 or img.shape[-1] != 3:
+                raise ValueError(
+                    f"camera {key!r}: expected uint8 (B, H, W, 3), got {img.dtype} {img.shape}"
+                )
+            x = torch.from_numpy(img).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # SigLIP range
+            if x.shape[-2:] != (size, size):
+                x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
+            slots[:, slot] = x.clamp(-1.0, 1.0)
+            mask[:, slot] = True
+        return slots, mask
+
+    def prepare(self, obs: dict[str, Any], prompts: list[str]) -> dict[str, torch.Tensor]:
+        """Model inputs (padded, normalised, on the model's device) for a batch of obs."""
+        state = self.norm_stats.state.normalize(self._state(obs), self.settings.normalization)
+        batch = state.shape[0]
+        if len(prompts) != batch:
+            raise ValueError(f"{len(prompts)} prompts for a batch of {batch} observations")
+        padded = np.zeros((batch, self.model.config.max_state_dim), dtype=np.float32)
+        padded[:, : state.shape[1]] = state
+        text = self.tokenizer(
+            [p.strip().lower() for p in prompts],
+            padding="max_length",
+            truncation=True,
+            max_length=self.settings.max_prompt_tokens,
+            return_tensors="pt",
+        )
+        n_image = num_image_tokens(self.model.config) * len(self.settings.camera_keys)
+        image_ids = torch.full((batch, n_image), self.model.config.vlm_config.image_token_id)
+        inputs = {
+            "state": torch.from_numpy(padded),
+            "input_ids": torch.cat([image_ids, text["input_ids"]], dim=1),
+            "attention_mask": torch.cat(
+                [torch.ones(batch, n_image, dtype=torch.long), text["attention_mask"]], dim=1
+            ),
+        }
+        if self.settings.camera_keys:
+            inputs["pixel_values"], inputs["pixel_attention_mask"] = self._images(obs, batch)
+        return {
+            k: v.to(self.device, self.dtype if v.is_floating_point() else v.dtype)
+            for k, v in inputs.items()
+        }
+
+    # --- sampling ------------------------------------------------------------------------
+
+    def effective_cfg_scale(self, cfg_scale: float | None) -> float:
+        """PI0_CFG_SCALE overrides the scale; PI0_ENABLE_DUAL=0 forces the single branch."""
+        scale = self.cfg_scale if cfg_scale is None else cfg_scale
+        if "PI0_CFG_SCALE" in os.environ:
+            scale = float(os.environ["PI0_CFG_SCALE"])
+        if os.environ.get("PI0_ENABLE_DUAL", "1").strip() in ("0", "false", "False"):
+            scale = 1.0
+        return scale
+
+    def sample_actions(
+        self,
+        obs: dict[str, Any],
+        prompts: list[str] | str,
+        cfg_scale: float | None = None,
+        noise: torch.Tensor | None = None,
+    ) -> np.ndarray:
+        """Action chunks (B, chunk_size, action_dim), unnormalised, ready for the env."""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        scale = self.effective_cfg_scale(cfg_scale)
+        inputs = self.prepare(obs, prompts)
+        if noise is not None:
+            noise = noise.to(self.device, self.dtype)
+        start = time.perf_counter()
+        chunk = self.model.sample_actions(
+            inputs["state"],
+            inputs["input_ids"],
+            inputs.get("pixel_values"),
+            noise=noise,
+            attention_mask=inputs["attention_mask"],
+            pixel_attention_mask=inputs.get("pixel_attention_mask"),
+            num_steps=self.settings.num_steps,
+            cfg_scale=scale,
+        )
+        actions = chunk[..., : self.settings.action_dim].float().cpu().numpy()
+        actions = self.norm_stats.actions.unnormalize(actions, self.settings.normalization)
+        if os.environ.get("PI0_VERBOSE") == "1":
+            log.info(
+                "[Policy] sample_actions %.1f ms, actions %s, cfg_scale=%g (%s)",
+                (time.perf_counter() - start) * 1e3,
+                actions.shape,
+                scale,
+                "dual" if scale != 1.0 else "single",
+            )
+        return actions
+
+    def act(self, requests: list) -> np.ndarray:
+        """The env pool's interface; noise is drawn per (episode seed, step), so a rollout
+        does not depend on which other episodes share its batch."""
+        obs = {k: np.stack([r.obs[k] for r in requests]) for k in requests[0].obs}
+        c = self.model.config
+        noise = torch.stack(
+            [
+                torch.randn(
+                    c.chunk_size,
+                    c.max_action_dim,
+                    generator=torch.Generator().manual_seed(r.episode.seed * 100_003 + r.step),
+                )
+                for r in requests
+            ]
+        )
+        with torch.no_grad():
+            return self.sample_actions(obs, [r.prompt for r in requests], noise=noise)
+
+    # --- training ------------------------------------------------------------------------
+
+    def compute_loss(
+        self,
+        obs: dict[str, Any],
+        prompts: list[str],
+        actions: np.ndarray,
+        branches: list[torch.Tensor],
+        noise: torch.Tensor | None = None,
+        time: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Per-sample flow-matching losses (len(branches), B) for raw action chunks
+        (B, chunk, action_dim); both branches share one prefix pass."""
+        inputs = self.prepare(obs, prompts)
+        norm = self.norm_stats.actions.normalize(actions, self.settings.normalization)
+        c = self.model.config
+        padded = torch.zeros(norm.shape[0], c.chunk_size, c.max_action_dim)
+        padded[:, : norm.shape[1], : norm.shape[2]] = torch.from_numpy(norm)
+        return self.model.compute_loss(
+            inputs["state"],
+            padded.to(self.device, self.dtype),
+            inputs["input_ids"],
+            inputs["attention_mask"],
+            [b.to(self.device) for b in branches],
+            inputs.get("pixel_values"),
+            inputs.get("pixel_attention_mask"),
+            action_dim=self.settings.action_dim,
+            noise=noise,
+            time=time,
+        )
+
+    # --- checkpoints ---------------------------------------------------------------------
+
+    def save_pretrained(self, path: str | Path) -> None:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
+        self.norm_stats.save(path / NORM_STATS_FILE)
+        tmp = path / f"{POLICY_FILE}.tmp-{os.getpid()}"
+        tmp.write_text(json.dumps(dataclasses.asdict(self.settings), indent=2))
+        os.replace(tmp, path / POLICY_FILE)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        *,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        cfg_scale: float = 1.0,
+        cond_mode: str = "bias",
+        label_scheme: str = "binary",
+        settings: PolicySettings | None = None,
+    ) -> Policy:
+        """Load our checkpoint, or a stock PI0 one (then `cond_mode`/`label_scheme` apply
+        and `settings` default to LIBERO's two cameras)."""
+        path = Path(path)
+        if not path.is_dir():
+            raise CheckpointError(f"{path}: checkpoint directory not found")
+        for name in ("config.json", "model.safetensors", NORM_STATS_FILE):
+            if not (path / name).is_file():
+                raise CheckpointError(f"{path}: checkpoint lacks {name}")
+        try:
+            model_type = json.loads((path / "config.json").read_text()).get("model_type")
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"{path}/config.json: not valid JSON: {e}") from e
+        if model_type == CFGPI0Config.model_type:
+            model = CFGPI0ForConditionalGeneration.from_pretrained(
+                path, local_files_only=True, use_safetensors=True
+            )
+        elif model_type == PI0Config.model_type:
+            model = CFGPI0ForConditionalGeneration.from_stock_pretrained(
+                str(path), cond_mode=cond_mode, label_scheme=label_scheme, use_safetensors=True
+            )
+        else:
+            raise CheckpointError(
+                f"{path}: config.json holds a {model_type!r} model; expected "
+                f"{CFGPI0Config.model_type!r} (ours) or {PI0Config.model_type!r} "
+                "(transformers' pi0)"
+            )
+        if settings is None:
+            if (path / POLICY_FILE).is_file():
+                settings = PolicySettings(**json.loads((path / POLICY_FILE).read_text()))
+            elif model_type == PI0Config.model_type:
+                settings = PolicySettings(
+                    camera_keys=["agentview_rgb", "eye_in_hand_rgb"], num_camera_slots=3
+                )
+            else:
+                raise CheckpointError(f"{path}: checkpoint lacks {POLICY_FILE}")
+        model = model.to(device=device, dtype=dtype).eval()
+        return cls(
+            model,
+            load_tokenizer(path),
+            NormStats.load(path / NORM_STATS_FILE),
+            settings,
+            cfg_scale=cfg_scale,
+            policy_id=f"{path.name}(cfg_scale={cfg_scale:g})",
+        )
+
+
+def new_policy(
+    preset: str,
+    norm_stats: NormStats,
+    settings: PolicySettings,
+    *,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    cond_mode: str = "bias",
+    label_scheme: str = "binary",
+    chunk_size: int = 50,
+    max_state_dim: int = 32,
+    max_action_dim: int = 32,
+    seed: int = 0,
+) -> Policy:
+    """A freshly initialised policy; the tokenizer defaults to one over LIBERO's prompts."""
+    from ript.models.presets import build_config
+    from ript.models.tokenizer import build_word_tokenizer, libero_instructions
+
+    tokenizer = tokenizer or build_word_tokenizer(libero_instructions())
+    config = build_config(
+        preset,
+        cond_mode=cond_mode,
+        label_scheme=label_scheme,
+        chunk_size=chunk_size,
+        max_state_dim=max_state_dim,
+        max_action_dim=max_action_dim,
+        vocab_size=None if preset == "pi0" else len(tokenizer),
+    )
+    torch.manual_seed(seed)
+    model = CFGPI0ForConditionalGeneration(config).eval()
+    return Policy(model, tokenizer, norm_stats, settings, policy_id=f"{preset}(untrained)")
