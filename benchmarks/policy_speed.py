@@ -22,6 +22,7 @@ import torch
 from transformers import PI0Config, PI0ForConditionalGeneration
 
 from ript.models.cfg_pi0 import CFGPI0ForConditionalGeneration
+from ript.models.graphs import GraphedSampler
 from ript.models.presets import build_config, num_image_tokens
 
 
@@ -71,12 +72,17 @@ def sampling_rows(stock, ours, x: dict, repeats: int) -> list[tuple[str, float, 
     prefix_ms = timed(lambda: ours.prefix_cache(*prefix), repeats)
     single_ms = timed(lambda: ours.sample_actions(state, cfg_scale=1.0, **kw), repeats)
     cfg_ms = timed(lambda: ours.sample_actions(state, cfg_scale=2.0, **kw), repeats)
+    graphed = GraphedSampler(ours)
+    g_single = timed(lambda: graphed(state=state, cfg_scale=1.0, num_steps=10, **kw), repeats)
+    g_cfg = timed(lambda: graphed(state=state, cfg_scale=2.0, num_steps=10, **kw), repeats)
     return [
         ("stock sample_actions", stock_ms, "1.00x stock"),
         ("stock naive CFG (2 calls)", naive_ms, f"{naive_ms / stock_ms:.2f}x stock"),
         ("prefix only", prefix_ms, f"{prefix_ms / stock_ms:.2f}x stock"),
         ("ours cfg_scale=1", single_ms, f"{stock_ms / single_ms:.2f}x faster"),
         ("ours cfg_scale=2 (batched CFG)", cfg_ms, f"{cfg_ms / single_ms:.2f}x single"),
+        ("ours graphed cfg_scale=1", g_single, f"{stock_ms / g_single:.2f}x faster"),
+        ("ours graphed cfg_scale=2", g_cfg, f"{g_cfg / g_single:.2f}x single"),
     ]
 
 

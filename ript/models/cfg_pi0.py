@@ -203,9 +203,26 @@ class CFGPI0ForConditionalGeneration(PI0ForConditionalGeneration):
         **kwargs,
     ):
         """The stock forward plus `is_positive` (LongTensor (B,))."""
+        labels = self.check_labels(is_positive, state.shape[0]).to(state.device)
+        return self._forward_labelled(
+            labels, state, noise, timestep, *args, actions=actions, **kwargs
+        )
+
+    def _forward_labelled(
+        self,
+        labels: torch.Tensor,
+        state: torch.Tensor,
+        noise: torch.Tensor | None = None,
+        timestep: torch.Tensor | None = None,
+        *args,
+        actions: torch.Tensor | None = None,
+        **kwargs,
+    ):
+        """`forward` for labels already checked: no host-device sync, so it can be captured
+        in a CUDA graph."""
         batch = state.shape[0]
         embed = self.embed_action_time
-        embed.labels = self.check_labels(is_positive, batch).to(state.device)
+        embed.labels = labels
         try:
             if self.config.cond_mode != "token":
                 return super().forward(state, noise, timestep, *args, actions=actions, **kwargs)
@@ -278,15 +295,11 @@ class CFGPI0ForConditionalGeneration(PI0ForConditionalGeneration):
         attention_mask: torch.Tensor,
         is_positive: torch.Tensor,
     ) -> torch.Tensor:
-        """v(x_t, t | prefix, state, label); leaves the cache holding the prefix only."""
+        """v(x_t, t | prefix, state, label) for checked labels; leaves the cache holding
+        the prefix only."""
         prefix_length = cache.get_seq_length()
-        out = self(
-            state=state,
-            noise=x_t,
-            timestep=time,
-            attention_mask=attention_mask,
-            cache=cache,
-            is_positive=is_positive,
+        out = self._forward_labelled(
+            is_positive, state, x_t, time, attention_mask=attention_mask, cache=cache
         )
         cache.crop(prefix_length - cache.get_seq_length())
         return out.logits
@@ -321,7 +334,8 @@ class CFGPI0ForConditionalGeneration(PI0ForConditionalGeneration):
         cache = self.prefix_cache(input_ids, attention_mask, pixel_values, pixel_attention_mask)
         if n > 1:
             cache.batch_repeat_interleave(n)
-        labels = torch.stack([self.check_labels(b, batch) for b in branches], dim=1).reshape(-1)
+        labels = torch.stack([self.check_labels(b, batch) for b in branches], dim=1)
+        labels = labels.reshape(-1).to(state.device)
 
         def rep(x: torch.Tensor) -> torch.Tensor:
             return x.repeat_interleave(n, dim=0)
@@ -367,7 +381,8 @@ class CFGPI0ForConditionalGeneration(PI0ForConditionalGeneration):
         if guided:
             cache.batch_repeat_interleave(2)
             state, attention_mask = (x.repeat_interleave(2, dim=0) for x in (state, attention_mask))
-            labels = torch.tensor([positive, UNCOND], device=state.device).repeat(batch)
+            labels = torch.full((2 * batch,), UNCOND, device=state.device)
+            labels[0::2] = positive  # (pos, uncond) pairs, like the repeated inputs
         else:
             labels = torch.full((batch,), positive, device=state.device)
         x, dt = noise, -1.0 / num_steps

@@ -29,6 +29,7 @@ from transformers import PI0Config, PreTrainedTokenizerBase
 
 from ript.data.norm_stats import MODES, NormStats
 from ript.models.cfg_pi0 import CFGPI0Config, CFGPI0ForConditionalGeneration
+from ript.models.graphs import GraphedSampler
 from ript.models.presets import num_image_tokens
 from ript.models.tokenizer import load_tokenizer
 
@@ -75,8 +76,11 @@ class Policy:
         *,
         cfg_scale: float = 1.0,
         policy_id: str = "policy",
+        cuda_graphs: bool = True,
     ) -> None:
+        """`cuda_graphs`: on CUDA, replay each sampling call from a captured CUDA graph."""
         self.model = model
+        self.sampler = GraphedSampler(model) if cuda_graphs else None
         self.tokenizer = tokenizer
         self.norm_stats = norm_stats
         self.settings = settings

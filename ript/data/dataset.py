@@ -1,0 +1,109 @@
+"""Training samples from episode shards: the observation at step t and the action chunk
+that follows it (pi0's action-chunk targets).
+
+A chunk that runs past the episode's end repeats the last action, the usual padding of
+LeRobot and openpi LIBERO data; `action_is_pad` marks those steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ript.data.episode_store import EpisodeReader, StoredEpisode
+from ript.data.norm_stats import NormStats, Stats
+
+
+@dataclass
+class _Episode:
+    obs: dict[str, np.ndarray]
+    actions: np.ndarray
+    prompt: str
+    attrs: dict
+
+
+def _observation(ep: StoredEpisode, keys: list[str]) -> dict[str, np.ndarray]:
+    out = {}
+    for key in keys:
+        if key == "state":
+            out[key] = ep.state
+        elif key in ep.obs:
+            out[key] = ep.obs[key]
+        else:
+            raise KeyError(f"episode {ep.demo} has no observation {key!r}; has {sorted(ep.obs)}")
+    return out
+
+
+class ChunkDataset:
+    """All (episode, step) pairs of the given shards, held in memory."""
+
+    def __init__(
+        self,
+        shards: list[str | Path],
+        *,
+        chunk_size: int,
+        obs_keys: list[str],
+        only_successful: bool = False,
+    ) -> None:
+        self.chunk_size = chunk_size
+        self.episodes: list[_Episode] = []
+        for shard in shards:
+            with EpisodeReader(shard) as reader:
+                for ep in reader:
+                    if only_successful and not ep.attrs.get("success", True):
+                        continue
+                    self.episodes.append(
+                        _Episode(
+                            _observation(ep, obs_keys),
+                            ep.actions.astype(np.float32),
+                            str(ep.attrs.get("language", "")),
+                            ep.attrs,
+                        )
+                    )
+        if not self.episodes:
+            raise ValueError(f"no episodes to train on in {[str(s) for s in shards]}")
+        self.index = np.array(
+            [(e, t) for e, ep in enumerate(self.episodes) for t in range(len(ep.actions))]
+        )
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def batch(self, rows: np.ndarray) -> dict:
+        """obs (dict of stacked arrays), prompts, actions (B, H, A), action_is_pad (B, H)."""
+        obs: dict[str, list[np.ndarray]] = {}
+        prompts, chunks, pads = [], [], []
+        for e, t in self.index[rows]:
+            ep = self.episodes[e]
+            for key, value in ep.obs.items():
+                obs.setdefault(key, []).append(value[t])
+            steps = np.arange(t, t + self.chunk_size)
+            pads.append(steps >= len(ep.actions))
+            chunks.append(ep.actions[np.minimum(steps, len(ep.actions) - 1)])
+            prompts.append(ep.prompt)
+        return {
+            "obs": {k: np.stack(v) for k, v in obs.items()},
+            "prompts": prompts,
+            "actions": np.stack(chunks),
+            "action_is_pad": np.stack(pads),
+        }
+
+    def norm_stats(self, state_keys: list[str]) -> NormStats:
+        """Exact statistics over every step (openpi's fields)."""
+        state = np.concatenate(
+            [np.concatenate([ep.obs[k] for k in state_keys], axis=-1) for ep in self.episodes]
+        )
+        actions = np.concatenate([ep.actions for ep in self.episodes])
+        return NormStats(_stats(state), _stats(actions))
+
+
+def _stats(x: np.ndarray) -> Stats:
+    x = x.astype(np.float64)
+    return Stats(
+        x.mean(0).astype(np.float32),
+        x.std(0).astype(np.float32),
+        np.quantile(x, 0.01, axis=0).astype(np.float32),
+        np.quantile(x, 0.99, axis=0).astype(np.float32),
+    )

@@ -1,0 +1,28 @@
+"""The CUDA-graph sampler's contract; its CUDA path runs in benchmarks/policy_speed.py."""
+
+import pytest
+import torch
+
+from ript.models.cfg_pi0 import CFGPI0ForConditionalGeneration
+from ript.models.graphs import GraphedSampler
+from ript.models.presets import build_config
+
+
+def test_off_cuda_it_is_the_model_call():
+    model = CFGPI0ForConditionalGeneration(build_config("tiny", chunk_size=4)).eval()
+    sampler = GraphedSampler(model)
+    ids = torch.randint(3, 1000, (2, 5))
+    x = dict(
+        state=torch.randn(2, 32),
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        noise=torch.randn(2, 4, 32),
+    )
+    got = sampler(cfg_scale=2.0, num_steps=3, pixel_values=None, **x)
+    want = model.sample_actions(cfg_scale=2.0, num_steps=3, **x)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert sampler.num_graphs == 0
+    with pytest.raises(ValueError, match="explicit noise"):
+        sampler(cfg_scale=1.0, num_steps=3, **{k: v for k, v in x.items() if k != "noise"})
+    with pytest.raises(TypeError, match="unexpected sampler inputs"):
+        sampler(cfg_scale=1.0, num_steps=3, images=ids, **x)
