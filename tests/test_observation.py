@@ -31,8 +31,13 @@ def test_adapter_layout_without_simulator():
     assert obs["privileged_object_state"].shape == (PRIVILEGED_DIM,) == (28,)
     np.testing.assert_array_equal(obs["privileged_object_state"][:7], bowl)
     np.testing.assert_array_equal(obs["privileged_object_state"][7:], 0)
+    np.testing.assert_allclose(
+        obs["privileged_object_relative"][:3], 1.0 - raw["robot0_eef_pos"], rtol=1e-6
+    )
+    np.testing.assert_array_equal(obs["privileged_object_relative"][3:], 0)
     lowdim = adapt_observation(raw, cameras=False, object_poses=None)
     assert "agentview_rgb" not in lowdim and "privileged_object_state" not in lowdim
+    assert "privileged_object_relative" not in lowdim
     np.testing.assert_array_equal(
         flip_image(flip_image(raw["agentview_image"])), raw["agentview_image"]
     )

@@ -57,6 +57,12 @@ def adapt_observation(
         obs["eye_in_hand_rgb"] = flip_image(raw["robot0_eye_in_hand_image"])
     if object_poses is not None:
         obs["privileged_object_state"] = privileged_object_state(object_poses)
+        # object positions relative to the gripper: what a low-dim policy must otherwise
+        # learn to subtract, and what grasping depends on
+        relative = np.zeros((MAX_PRIVILEGED_OBJECTS, 3), dtype=np.float32)
+        for i, pose in enumerate(object_poses):
+            relative[i] = np.asarray(pose[:3]) - ee_pos
+        obs["privileged_object_relative"] = relative.reshape(-1)
     return obs
 
 
