@@ -78,54 +78,56 @@ def test_fresh_condition_leaves_the_stock_velocity_unchanged(stock_dir, mode, sc
     )
 
 
+def sample(model, x, **kw):
+    prefix = {k: x.get(k) for k in ("pixel_values", "pixel_attention_mask")}
+    return model.sample_actions(
+        x["state"],
+        x["input_ids"],
+        noise=x["noise"],
+        attention_mask=x["attention_mask"],
+        **prefix,
+        **kw,
+    )
+
+
+def euler_by_hand(model, x, steps, mix):
+    """Euler from t=1 to 0 with separate, unbatched forwards per label; `mix(v)` combines
+    the velocities of labels 0..n-1."""
+    actions, dt = x["noise"], -1.0 / steps
+    for step in range(steps):
+        t = torch.full((B,), 1.0 + step * dt)
+        v = []
+        for label in range(model.config.num_cond_labels):
+            cache = model.prefix_cache(
+                x["input_ids"],
+                x["attention_mask"],
+                x.get("pixel_values"),
+                x.get("pixel_attention_mask"),
+            )
+            v.append(
+                model(
+                    state=x["state"],
+                    noise=actions,
+                    timestep=t,
+                    cache=cache,
+                    attention_mask=x["attention_mask"],
+                    is_positive=torch.full((B,), label),
+                ).logits
+            )
+        actions = actions + dt * mix(v)
+    return actions
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_batched_cfg_equals_the_formula_over_separate_branches(mode):
     torch.manual_seed(0)
     model = CFGPI0ForConditionalGeneration(tiny_config(cond_mode=mode)).eval()
     perturb_condition(model)
-    x = inputs()
-    w, steps = 2.5, 4
-    guided = model.sample_actions(
-        x["state"],
-        x["input_ids"],
-        x["pixel_values"],
-        noise=x["noise"],
-        attention_mask=x["attention_mask"],
-        pixel_attention_mask=x["pixel_attention_mask"],
-        num_steps=steps,
-        cfg_scale=w,
-    )
-    actions, dt = x["noise"], -1.0 / steps
-    for step in range(steps):
-        t = torch.full((B,), 1.0 + step * dt)
-        v = {}
-        for label in (0, 1):
-            cache = model.prefix_cache(
-                x["input_ids"], x["attention_mask"], x["pixel_values"], x["pixel_attention_mask"]
-            )
-            v[label] = model(
-                state=x["state"],
-                noise=actions,
-                timestep=t,
-                cache=cache,
-                attention_mask=x["attention_mask"],
-                is_positive=torch.full((B,), label),
-            ).logits
-        actions = actions + dt * (v[0] + w * (v[1] - v[0]))
-    torch.testing.assert_close(guided, actions, rtol=1e-5, atol=1e-6)
-    assert not torch.allclose(
-        guided,
-        model.sample_actions(
-            x["state"],
-            x["input_ids"],
-            x["pixel_values"],
-            noise=x["noise"],
-            attention_mask=x["attention_mask"],
-            pixel_attention_mask=x["pixel_attention_mask"],
-            num_steps=steps,
-            cfg_scale=1.0,
-        ),
-    )
+    x, w = inputs(), 2.5
+    guided = sample(model, x, num_steps=4, cfg_scale=w)
+    by_hand = euler_by_hand(model, x, 4, lambda v: v[0] + w * (v[1] - v[0]))
+    torch.testing.assert_close(guided, by_hand, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(guided, sample(model, x, num_steps=4, cfg_scale=1.0))
 
 
 def test_cfg_scale_one_is_the_positive_branch_alone():
@@ -135,27 +137,11 @@ def test_cfg_scale_one_is_the_positive_branch_alone():
     x = inputs(cameras=False)
     calls = []
     model.embed_action_time.register_forward_hook(lambda m, a, out: calls.append(out.shape[0]))
-    one = model.sample_actions(
-        x["state"],
-        x["input_ids"],
-        noise=x["noise"],
-        attention_mask=x["attention_mask"],
-        num_steps=3,
-    )
+    one = sample(model, x, num_steps=3)
     assert calls == [B, B, B]  # one single-branch forward per step
-    actions, dt = x["noise"], -1.0 / 3
-    for step in range(3):
-        cache = model.prefix_cache(x["input_ids"], x["attention_mask"])
-        v = model(
-            state=x["state"],
-            noise=actions,
-            timestep=torch.full((B,), 1 + step * dt),
-            cache=cache,
-            attention_mask=x["attention_mask"],
-            is_positive=torch.full((B,), positive_label("ternary")),
-        ).logits
-        actions = actions + dt * v
-    torch.testing.assert_close(one, actions, rtol=1e-5, atol=1e-6)
+    calls.clear()
+    by_hand = euler_by_hand(model, x, 3, lambda v: v[positive_label("ternary")])
+    torch.testing.assert_close(one, by_hand, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("mode", MODES)
