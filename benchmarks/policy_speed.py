@@ -134,16 +134,7 @@ def main() -> None:
         stock(actions=actions, **x).loss.backward()
 
     def cfg_step():
-        ours.compute_loss(
-            x["state"],
-            actions,
-            x["input_ids"],
-            x["attention_mask"],
-            labels,
-            x["pixel_values"],
-            x["pixel_attention_mask"],
-            action_dim=7,
-        ).mean().backward()
+        cfg_backward(ours, x, actions, labels)
 
     for name, step, model in (
         ("stock train step", stock_step, stock),
@@ -186,6 +177,20 @@ def training_flops(model: CFGPI0ForConditionalGeneration, batch: int, branches: 
     return 6.0 * per_sample * batch
 
 
+def cfg_backward(ours, x: dict, actions: torch.Tensor, labels: list[torch.Tensor]) -> None:
+    """Backward of the mean two-branch CFG loss, both branches over one prefix pass."""
+    ours.compute_loss(
+        x["state"],
+        actions,
+        x["input_ids"],
+        x["attention_mask"],
+        labels,
+        x["pixel_values"],
+        x["pixel_attention_mask"],
+        action_dim=7,
+    ).mean().backward()
+
+
 def adamw_step(ours, x, actions, labels) -> None:
     """A full fine-tuning step of the two-branch loss with fused AdamW (bf16 weights,
     optimizer state in the parameters' dtype)."""
@@ -195,16 +200,7 @@ def adamw_step(ours, x, actions, labels) -> None:
 
     def step():
         optimizer.zero_grad(set_to_none=True)
-        ours.compute_loss(
-            x["state"],
-            actions,
-            x["input_ids"],
-            x["attention_mask"],
-            labels,
-            x["pixel_values"],
-            x["pixel_attention_mask"],
-            action_dim=7,
-        ).mean().backward()
+        cfg_backward(ours, x, actions, labels)
         torch.nn.utils.clip_grad_norm_(ours.parameters(), 1.0)
         optimizer.step()
 
