@@ -118,3 +118,57 @@ def test_index_is_a_plain_parquet_table(tmp_path):
     assert result.returncode == 0, result.stderr
     table = pd.read_parquet(out.with_name("s.index.parquet"))
     assert table.loc[0, "task_id"] == 3 and table.loc[0, "shard"] == "s.h5"
+
+
+def test_collect_with_a_policy_checkpoint(tmp_path):
+    import numpy as np
+
+    from ript.data.norm_stats import NormStats, Stats
+    from ript.models.policy import PolicySettings, new_policy
+
+    def stats(dim):
+        return Stats(
+            np.zeros(dim, np.float32),
+            np.ones(dim, np.float32),
+            -np.ones(dim, np.float32),
+            np.ones(dim, np.float32),
+        )
+
+    keys = ["state", "privileged_object_state", "privileged_object_relative"]
+    policy = new_policy(
+        "tiny",
+        NormStats(stats(8 + 28 + 12), stats(7)),
+        PolicySettings(state_keys=keys, num_steps=2),
+        chunk_size=5,
+        max_state_dim=64,
+        max_action_dim=8,
+    )
+    policy.save_pretrained(tmp_path / "ckpt")
+    out = tmp_path / "s.h5"
+    result = run_ript(
+        "collect",
+        "--policy",
+        str(tmp_path / "ckpt"),
+        "--cfg-scale",
+        "1.5",
+        "--tasks",
+        "0",
+        "--init-states",
+        "0:1",
+        "--rollouts-per-init",
+        "2",
+        "--num-parallel-envs",
+        "1",
+        "--max-episode-length",
+        "8",
+        "--out",
+        str(out),
+        "--no-progress",
+    )
+    assert result.returncode == 0, result.stderr
+    index = read_index(out)
+    assert list(index["length"]) == [8, 8]
+    assert index["policy_id"].iloc[0] == "ckpt(cfg_scale=1.5)"
+    with EpisodeReader(out) as reader:
+        first, second = reader.read("demo_0"), reader.read("demo_1")
+    assert not np.array_equal(first.actions, second.actions)  # each rollout has its own noise
