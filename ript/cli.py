@@ -110,11 +110,38 @@ def _run_collect(args: argparse.Namespace) -> None:
     print(f"collect: {args.out}: {summary_line(stats)}")
 
 
+def _add_norm_stats(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("norm-stats", help="openpi norm_stats.json of state and actions")
+    p.add_argument("--shards", nargs="+", required=True, help="episode shards (ours or LIBERO's)")
+    p.add_argument(
+        "--state-keys",
+        nargs="+",
+        default=["state"],
+        help="observation keys concatenated into the policy state (in order)",
+    )
+    p.add_argument("--bins", type=int, default=5000, help="histogram bins per dimension")
+    p.add_argument("--out", required=True, help="norm_stats.json to write")
+    p.set_defaults(run=_run_norm_stats)
+
+
+def _run_norm_stats(args: argparse.Namespace) -> None:
+    from ript.data.norm_stats import compute_norm_stats
+
+    stats, guarded = compute_norm_stats(args.shards, args.state_keys, bins=args.bins)
+    stats.save(args.out)
+    print(
+        f"norm-stats: {args.out}: state {stats.state.dim} dims, actions {stats.actions.dim} "
+        f"dims; guarded (near-constant) state dims {guarded['state']}, "
+        f"action dims {guarded['actions']}"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ript", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="step", required=True, metavar="STEP")
     _add_collect(sub)
+    _add_norm_stats(sub)
     return parser
 
 
