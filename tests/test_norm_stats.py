@@ -116,46 +116,26 @@ def test_streamed_stats_agree_with_numpy(tmp_path):
 
 
 def test_norm_stats_command_names_missing_keys(tmp_path):
-    import subprocess
-    import sys
-
+    from test_cli import run_ript
     from test_episode_store import make_episode
 
     from ript.data.episode_store import write_shard
 
     write_shard(tmp_path / "a.h5", [make_episode(0)], policy_id="x")
-    ok = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "ript.cli",
-            "norm-stats",
-            "--shards",
-            str(tmp_path / "a.h5"),
-            "--out",
-            str(tmp_path / "ns.json"),
-        ],
-        capture_output=True,
-        text=True,
+    ok = run_ript(
+        "norm-stats", "--shards", str(tmp_path / "a.h5"), "--out", str(tmp_path / "ns.json")
     )
     assert ok.returncode == 0, ok.stderr
     assert NormStats.load(tmp_path / "ns.json").state.dim == 8
-    bad = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "ript.cli",
-            "norm-stats",
-            "--shards",
-            str(tmp_path / "a.h5"),
-            "--state-keys",
-            "state",
-            "wrist_depth",
-            "--out",
-            str(tmp_path / "x.json"),
-        ],
-        capture_output=True,
-        text=True,
+    bad = run_ript(
+        "norm-stats",
+        "--shards",
+        str(tmp_path / "a.h5"),
+        "--state-keys",
+        "state",
+        "wrist_depth",
+        "--out",
+        str(tmp_path / "x.json"),
     )
     assert bad.returncode == 2 and "no observation 'wrist_depth'" in bad.stderr
     assert not (tmp_path / "x.json").exists()
