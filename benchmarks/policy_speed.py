@@ -16,6 +16,7 @@ run against stock on the same device:
 from __future__ import annotations
 
 import argparse
+import copy
 import time
 
 import torch
@@ -63,7 +64,9 @@ def make_inputs(config, batch: int, device, dtype, prompt_tokens: int = 48, came
 
 
 @torch.no_grad()
-def sampling_rows(stock, ours, x: dict, repeats: int) -> list[tuple[str, float, str]]:
+def sampling_rows(
+    stock, ours, x: dict, repeats: int, compiled: GraphedSampler | None = None
+) -> list[tuple[str, float, str]]:
     state = x["state"]
     kw = {k: v for k, v in x.items() if k != "state"}
     prefix = (x["input_ids"], x["attention_mask"], x["pixel_values"], x["pixel_attention_mask"])
@@ -75,6 +78,14 @@ def sampling_rows(stock, ours, x: dict, repeats: int) -> list[tuple[str, float, 
     graphed = GraphedSampler(ours)
     g_single = timed(lambda: graphed(state=state, cfg_scale=1.0, num_steps=10, **kw), repeats)
     g_cfg = timed(lambda: graphed(state=state, cfg_scale=2.0, num_steps=10, **kw), repeats)
+    rows_compiled = []
+    if compiled is not None:
+        c_single = timed(lambda: compiled(state=state, cfg_scale=1.0, num_steps=10, **kw), repeats)
+        c_cfg = timed(lambda: compiled(state=state, cfg_scale=2.0, num_steps=10, **kw), repeats)
+        rows_compiled = [
+            ("ours compiled+graphed cfg_scale=1", c_single, f"{stock_ms / c_single:.2f}x faster"),
+            ("ours compiled+graphed cfg_scale=2", c_cfg, f"{c_cfg / c_single:.2f}x single"),
+        ]
     return [
         ("stock sample_actions", stock_ms, "1.00x stock"),
         ("stock naive CFG (2 calls)", naive_ms, f"{naive_ms / stock_ms:.2f}x stock"),
@@ -83,6 +94,7 @@ def sampling_rows(stock, ours, x: dict, repeats: int) -> list[tuple[str, float, 
         ("ours cfg_scale=2 (batched CFG)", cfg_ms, f"{cfg_ms / single_ms:.2f}x single"),
         ("ours graphed cfg_scale=1", g_single, f"{stock_ms / g_single:.2f}x faster"),
         ("ours graphed cfg_scale=2", g_cfg, f"{g_cfg / g_single:.2f}x single"),
+        *rows_compiled,
     ]
 
 
@@ -94,6 +106,11 @@ def main() -> None:
     parser.add_argument("--train-batch", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--cond-mode", default="bias")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time a compiled copy of ours (compile_for_sampling) replayed from graphs",
+    )
     parser.add_argument(
         "--adamw",
         action="store_true",
@@ -114,9 +131,10 @@ def main() -> None:
         f"cond_mode={args.cond_mode} device={torch.cuda.get_device_name()}"
     )
     print(f"{'what':<34} {'batch':>5} {'ms':>9} {'ratio':>16}")
+    compiled = GraphedSampler(copy.deepcopy(ours), compile=True) if args.compile else None
     for batch in args.batch:
         for what, ms, ratio in sampling_rows(
-            stock, ours, make_inputs(config, batch, device, dtype), args.repeats
+            stock, ours, make_inputs(config, batch, device, dtype), args.repeats, compiled
         ):
             print(f"{what:<34} {batch:>5} {ms:>9.1f} {ratio:>16}")
 

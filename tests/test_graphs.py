@@ -26,3 +26,17 @@ def test_off_cuda_it_is_the_model_call():
         sampler(cfg_scale=1.0, num_steps=3, **{k: v for k, v in x.items() if k != "noise"})
     with pytest.raises(TypeError, match="unexpected sampler inputs"):
         sampler(cfg_scale=1.0, num_steps=3, images=ids, **x)
+
+
+def test_compile_is_deferred_to_the_first_cuda_capture():
+    model = CFGPI0ForConditionalGeneration(build_config("tiny", chunk_size=4)).eval()
+    sampler = GraphedSampler(model, compile=True)
+    ids = torch.randint(3, 1000, (1, 5))
+    x = dict(
+        state=torch.randn(1, 32),
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        noise=torch.randn(1, 4, 32),
+    )
+    sampler(cfg_scale=1.0, num_steps=2, **x)
+    assert not sampler._compiled  # off CUDA nothing is compiled or captured

@@ -4,7 +4,9 @@ pi0 inference at batch 1 is launch-bound: the prefix and ten denoising steps iss
 of small kernels. Capturing the whole call (prefix, KV-cache reuse, both CFG branches, every
 Euler step) in one CUDA graph per input shape and replaying it removes the launch overhead.
 The model's sampling path makes no host-device synchronisation, so it captures as is.
-Off CUDA the sampler simply calls the model.
+With `compile=True` the Gemma stacks and SigLIP are first compiled as whole modules
+(per-layer compilation recompiles on every layer's KV-cache guards), which fuses their
+elementwise kernels before capture. Off CUDA the sampler simply calls the model.
 """
 
 from __future__ import annotations
@@ -25,12 +27,24 @@ class _Captured:
     output: torch.Tensor
 
 
+def compile_for_sampling(model: CFGPI0ForConditionalGeneration) -> None:
+    """Compile the action expert, the VLM's text stack and SigLIP in place (static shapes)."""
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    vlm = model.model.vlm
+    for module in (model.model.dit, vlm.language_model, vlm.vision_tower):
+        module.compile(dynamic=False)
+
+
 class GraphedSampler:
     """`sample_actions` replayed from one CUDA graph per (shapes, cfg_scale, num_steps)."""
 
-    def __init__(self, model: CFGPI0ForConditionalGeneration, warmup: int = 2) -> None:
+    def __init__(
+        self, model: CFGPI0ForConditionalGeneration, warmup: int = 3, compile: bool = False
+    ) -> None:
         self.model = model
         self.warmup = warmup
+        self.compile = compile
+        self._compiled = False
         self._graphs: dict[tuple, _Captured] = {}
 
     @torch.no_grad()
@@ -49,6 +63,9 @@ class GraphedSampler:
             int(num_steps),
         )
         if key not in self._graphs:
+            if self.compile and not self._compiled:
+                compile_for_sampling(self.model)
+                self._compiled = True
             self._graphs[key] = self._capture(present, cfg_scale, num_steps)
         captured = self._graphs[key]
         for name, value in present.items():

@@ -77,10 +77,12 @@ class Policy:
         cfg_scale: float = 1.0,
         policy_id: str = "policy",
         cuda_graphs: bool = True,
+        compile: bool = False,
     ) -> None:
-        """`cuda_graphs`: on CUDA, replay each sampling call from a captured CUDA graph."""
+        """`cuda_graphs`: on CUDA, replay each sampling call from a captured CUDA graph;
+        `compile`: compile the model's stacks before the first capture (slow start)."""
         self.model = model
-        self.sampler = GraphedSampler(model) if cuda_graphs else None
+        self.sampler = GraphedSampler(model, compile=compile) if cuda_graphs else None
         self.tokenizer = tokenizer
         self.norm_stats = norm_stats
         self.settings = settings
