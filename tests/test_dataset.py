@@ -33,14 +33,3 @@ def test_only_successful_and_missing_keys(shard):
     assert len(ChunkDataset([shard], chunk_size=2, obs_keys=["state"], only_successful=True)) == 5
     with pytest.raises(KeyError, match="no observation 'wrist'"):
         ChunkDataset([shard], chunk_size=2, obs_keys=["wrist"])
-
-
-def test_norm_stats_match_numpy(shard):
-    ds = ChunkDataset([shard], chunk_size=2, obs_keys=["state", "privileged_object_state"])
-    stats = ds.norm_stats(["state", "privileged_object_state"])
-    eps = [make_episode(0, t=5), make_episode(1, t=3)]
-    actions = np.concatenate([e.actions for e in eps]).astype(np.float64)
-    np.testing.assert_allclose(stats.actions.mean, actions.mean(0), rtol=1e-6)
-    np.testing.assert_allclose(stats.actions.std, actions.std(0), rtol=1e-6)
-    np.testing.assert_allclose(stats.actions.q99, np.quantile(actions, 0.99, axis=0), rtol=1e-6)
-    assert stats.state.dim == 8 + 28

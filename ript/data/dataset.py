@@ -12,8 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ript.data.episode_store import EpisodeReader, StoredEpisode
-from ript.data.norm_stats import NormStats, Stats
+from ript.data.episode_store import EpisodeReader
 
 
 @dataclass
@@ -22,18 +21,6 @@ class _Episode:
     actions: np.ndarray
     prompt: str
     attrs: dict
-
-
-def _observation(ep: StoredEpisode, keys: list[str]) -> dict[str, np.ndarray]:
-    out = {}
-    for key in keys:
-        if key == "state":
-            out[key] = ep.state
-        elif key in ep.obs:
-            out[key] = ep.obs[key]
-        else:
-            raise KeyError(f"episode {ep.demo} has no observation {key!r}; has {sorted(ep.obs)}")
-    return out
 
 
 class ChunkDataset:
@@ -56,7 +43,7 @@ class ChunkDataset:
                         continue
                     self.episodes.append(
                         _Episode(
-                            _observation(ep, obs_keys),
+                            ep.observation(obs_keys),
                             ep.actions.astype(np.float32),
                             str(ep.attrs.get("language", "")),
                             ep.attrs,
@@ -89,21 +76,3 @@ class ChunkDataset:
             "actions": np.stack(chunks),
             "action_is_pad": np.stack(pads),
         }
-
-    def norm_stats(self, state_keys: list[str]) -> NormStats:
-        """Exact statistics over every step (openpi's fields)."""
-        state = np.concatenate(
-            [np.concatenate([ep.obs[k] for k in state_keys], axis=-1) for ep in self.episodes]
-        )
-        actions = np.concatenate([ep.actions for ep in self.episodes])
-        return NormStats(_stats(state), _stats(actions))
-
-
-def _stats(x: np.ndarray) -> Stats:
-    x = x.astype(np.float64)
-    return Stats(
-        x.mean(0).astype(np.float32),
-        x.std(0).astype(np.float32),
-        np.quantile(x, 0.01, axis=0).astype(np.float32),
-        np.quantile(x, 0.99, axis=0).astype(np.float32),
-    )

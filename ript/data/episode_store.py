@@ -75,6 +75,15 @@ class StoredEpisode:
             [self.obs["ee_pos"], self.obs["ee_ori"], self.obs["gripper_states"]], axis=-1
         ).astype(np.float32)
 
+    def observation(self, keys: list[str]) -> dict[str, np.ndarray]:
+        """The named observation arrays (T, ...), `state` derived, as a policy reads them."""
+        missing = [k for k in keys if k != "state" and k not in self.obs]
+        if missing:
+            raise KeyError(
+                f"episode {self.demo} has no observation {missing[0]!r}; has {sorted(self.obs)}"
+            )
+        return {k: self.state if k == "state" else self.obs[k] for k in keys}
+
 
 def index_path(shard: str | Path) -> Path:
     shard = Path(shard)

@@ -184,17 +184,10 @@ def _arrays(shards: list[Path], state_keys: list[str]) -> Iterator[tuple[np.ndar
     for shard in shards:
         with EpisodeReader(shard) as reader:
             for ep in reader:
-                parts = []
-                for key in state_keys:
-                    if key == "state":
-                        parts.append(ep.state)
-                    elif key in ep.obs:
-                        parts.append(ep.obs[key])
-                    else:
-                        raise ValueError(
-                            f"{shard}: data/{ep.demo} has no observation {key!r}; "
-                            f"has {sorted(ep.obs)}"
-                        )
+                try:
+                    parts = list(ep.observation(state_keys).values())
+                except KeyError as e:
+                    raise ValueError(f"{shard}: {e.args[0]}") from None
                 state = np.concatenate(parts, axis=-1).astype(np.float64)
                 yield state, ep.actions.astype(np.float64)
 
