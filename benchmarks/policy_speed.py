@@ -20,7 +20,7 @@ import copy
 import time
 
 import torch
-from transformers import PI0Config, PI0ForConditionalGeneration
+from transformers import PI0ForConditionalGeneration
 
 from ript.models.cfg_pi0 import CFGPI0ForConditionalGeneration
 from ript.models.graphs import GraphedSampler
@@ -119,8 +119,7 @@ def main() -> None:
     args = parser.parse_args()
     device, dtype = torch.device("cuda"), getattr(torch, args.dtype)
     config = build_config(args.preset, cond_mode=args.cond_mode)
-    own = ("model_type", "transformers_version", "cond_mode", "label_scheme", "cond_embed_dim")
-    stock_config = PI0Config(**{k: v for k, v in config.to_dict().items() if k not in own})
+    stock_config = config.to_stock_config()
     torch.manual_seed(0)
     stock = PI0ForConditionalGeneration(stock_config).to(device, dtype).eval()
     ours = CFGPI0ForConditionalGeneration(config).to(device, dtype).eval()

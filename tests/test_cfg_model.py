@@ -16,15 +16,10 @@ def tiny_config(**kw):
     return build_config("tiny", chunk_size=CHUNK, max_state_dim=STATE, max_action_dim=ACTION, **kw)
 
 
-def stock_config(config):
-    own = ("model_type", "transformers_version", "cond_mode", "label_scheme", "cond_embed_dim")
-    return PI0Config(**{k: v for k, v in config.to_dict().items() if k not in own})
-
-
 @pytest.fixture(scope="module")
 def stock_dir(tmp_path_factory):
     torch.manual_seed(0)
-    stock = PI0ForConditionalGeneration(stock_config(tiny_config())).eval()
+    stock = PI0ForConditionalGeneration(tiny_config().to_stock_config()).eval()
     path = tmp_path_factory.mktemp("stock")
     stock.save_pretrained(path)
     return path, stock

@@ -8,16 +8,21 @@ from ript.models.graphs import GraphedSampler
 from ript.models.presets import build_config
 
 
-def test_off_cuda_it_is_the_model_call():
+def tiny_model_and_inputs(batch: int):
     model = CFGPI0ForConditionalGeneration(build_config("tiny", chunk_size=4)).eval()
-    sampler = GraphedSampler(model)
-    ids = torch.randint(3, 1000, (2, 5))
+    ids = torch.randint(3, 1000, (batch, 5))
     x = dict(
-        state=torch.randn(2, 32),
+        state=torch.randn(batch, 32),
         input_ids=ids,
         attention_mask=torch.ones_like(ids),
-        noise=torch.randn(2, 4, 32),
+        noise=torch.randn(batch, 4, 32),
     )
+    return model, x
+
+
+def test_off_cuda_it_is_the_model_call():
+    model, x = tiny_model_and_inputs(2)
+    sampler = GraphedSampler(model)
     got = sampler(cfg_scale=2.0, num_steps=3, pixel_values=None, **x)
     want = model.sample_actions(cfg_scale=2.0, num_steps=3, **x)
     torch.testing.assert_close(got, want, rtol=0, atol=0)
@@ -25,18 +30,11 @@ def test_off_cuda_it_is_the_model_call():
     with pytest.raises(ValueError, match="explicit noise"):
         sampler(cfg_scale=1.0, num_steps=3, **{k: v for k, v in x.items() if k != "noise"})
     with pytest.raises(TypeError, match="unexpected sampler inputs"):
-        sampler(cfg_scale=1.0, num_steps=3, images=ids, **x)
+        sampler(cfg_scale=1.0, num_steps=3, images=x["input_ids"], **x)
 
 
 def test_compile_is_deferred_to_the_first_cuda_capture():
-    model = CFGPI0ForConditionalGeneration(build_config("tiny", chunk_size=4)).eval()
+    model, x = tiny_model_and_inputs(1)
     sampler = GraphedSampler(model, compile=True)
-    ids = torch.randint(3, 1000, (1, 5))
-    x = dict(
-        state=torch.randn(1, 32),
-        input_ids=ids,
-        attention_mask=torch.ones_like(ids),
-        noise=torch.randn(1, 4, 32),
-    )
     sampler(cfg_scale=1.0, num_steps=2, **x)
     assert not sampler._compiled  # off CUDA nothing is compiled or captured

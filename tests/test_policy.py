@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from transformers import PI0Config, PI0ForConditionalGeneration
+from transformers import PI0ForConditionalGeneration
 
 from ript.data.norm_stats import NormStats, NormStatsError, Stats
 from ript.envs.pool import EpisodeSpec, PolicyRequest
@@ -125,10 +125,7 @@ def test_a_stock_pi0_checkpoint_loads_and_acts_like_stock(tmp_path):
     ours = new_policy(
         "tiny", NormStats(stats(8), stats(7)), CAMERAS, chunk_size=4, max_action_dim=8
     )
-    own = ("model_type", "transformers_version", "cond_mode", "label_scheme", "cond_embed_dim")
-    stock_config = PI0Config(
-        **{k: v for k, v in ours.model.config.to_dict().items() if k not in own}
-    )
+    stock_config = ours.model.config.to_stock_config()
     torch.manual_seed(3)
     stock = PI0ForConditionalGeneration(stock_config).eval()
     stock.save_pretrained(tmp_path)  # what transformers writes, plus tokenizer and stats

@@ -70,6 +70,11 @@ class CFGPI0Config(PI0Config):
     def num_cond_labels(self) -> int:
         return LABEL_SCHEMES[self.label_scheme]
 
+    def to_stock_config(self) -> PI0Config:
+        """The same architecture as transformers' stock `PI0Config` (no condition)."""
+        own = ("model_type", "transformers_version", "cond_mode", "label_scheme", "cond_embed_dim")
+        return PI0Config(**{k: v for k, v in self.to_dict().items() if k not in own})
+
 
 AutoConfig.register(CFGPI0Config.model_type, CFGPI0Config, exist_ok=True)
 # Checkpoints keep pi0's on-disk key layout (openpi / LeRobot names), in both directions.
