@@ -135,7 +135,9 @@ def main() -> None:
         for what, ms, ratio in sampling_rows(
             stock, ours, make_inputs(config, batch, device, dtype), args.repeats, compiled
         ):
-            print(f"{what:<34} {batch:>5} {ms:>9.1f} {ratio:>16}")
+            print(f"{what:<34} {batch:>5} {ms:>9.1f} {ratio:>16}", flush=True)
+    del compiled
+    torch.cuda.empty_cache()
 
     batch = args.train_batch
     x = make_inputs(config, batch, device, dtype)

@@ -4,9 +4,11 @@ pi0 inference at batch 1 is launch-bound: the prefix and ten denoising steps iss
 of small kernels. Capturing the whole call (prefix, KV-cache reuse, both CFG branches, every
 Euler step) in one CUDA graph per input shape and replaying it removes the launch overhead.
 The model's sampling path makes no host-device synchronisation, so it captures as is.
-With `compile=True` the Gemma stacks and SigLIP are first compiled as whole modules
-(per-layer compilation recompiles on every layer's KV-cache guards), which fuses their
-elementwise kernels before capture. Off CUDA the sampler simply calls the model.
+With `compile=True` the Gemma stacks switch to grouped-query attention without repeated KV
+heads (`ript.models.attention`; cuDNN's SDPA kernel alone took half of a denoising step)
+and, with SigLIP, are compiled as whole modules (per-layer compilation recompiles on every
+layer's KV-cache guards), which fuses their elementwise kernels before capture. Off CUDA the
+sampler simply calls the model.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ript.models.attention import GROUPED_ATTENTION
 from ript.models.cfg_pi0 import CFGPI0ForConditionalGeneration
 
 INPUTS = ("state", "input_ids", "pixel_values", "noise", "attention_mask", "pixel_attention_mask")
@@ -28,9 +31,12 @@ class _Captured:
 
 
 def compile_for_sampling(model: CFGPI0ForConditionalGeneration) -> None:
-    """Compile the action expert, the VLM's text stack and SigLIP in place (static shapes)."""
+    """Switch both Gemma stacks to grouped attention, then compile them and SigLIP in place
+    (static shapes)."""
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     vlm = model.model.vlm
+    for gemma in (model.model.dit, vlm.language_model):
+        gemma.set_attn_implementation(GROUPED_ATTENTION)
     for module in (model.model.dit, vlm.language_model, vlm.vision_tower):
         module.compile(dynamic=False)
 
