@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import yaml
@@ -18,11 +20,13 @@ def _setup_logging(verbose: bool) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # per-save "Writing shards" bars
 
 
 def _add_collect(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("collect", help="roll a policy out on LIBERO and write one episode shard")
-    p.add_argument("--config", help="experiment YAML (defaults from the schema when omitted)")
+    p = _step_parser(
+        sub, "collect", "roll a policy out on LIBERO and write one episode shard", _run_collect
+    )
     p.add_argument(
         "--policy",
         default="expert",
@@ -37,19 +41,27 @@ def _add_collect(sub: argparse._SubParsersAction) -> None:
         default="train",
         help="'train', 'eval' (the config's ranges) or START:STOP (half-open)",
     )
-    p.add_argument("--rollouts-per-init", type=int, help="K; overrides config 'rollouts_per_init'")
+    p.add_argument(
+        "--rollouts-per-init",
+        type=int,
+        help="rollouts per init state for this shard (default: config 'rollouts_per_init')",
+    )
     p.add_argument("--num-parallel-envs", type=int, help="overrides config 'num_parallel_envs'")
     p.add_argument("--max-episode-length", type=int, help="overrides config 'max_episode_length'")
     p.add_argument("--num-steps-wait", type=int, help="overrides config 'num_steps_wait'")
     p.add_argument("--seed", type=int, help="overrides config 'seed'")
     p.add_argument("--n-video", type=int, help="overrides config 'n_video'")
     p.add_argument("--video-dir", help="overrides config 'video_dir'")
+
+
+def _step_parser(
+    sub: argparse._SubParsersAction, name: str, help: str, run: Callable
+) -> argparse.ArgumentParser:
+    """A step that reads the experiment config: --config, --set KEY=VALUE, --no-progress."""
+    p = sub.add_parser(name, help=help)
+    p.set_defaults(run=run)
+    p.add_argument("--config", help="experiment YAML (defaults from the schema when omitted)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    _add_set(p)
-    p.set_defaults(run=_run_collect)
-
-
-def _add_set(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--set",
         action="append",
@@ -58,6 +70,7 @@ def _add_set(p: argparse.ArgumentParser) -> None:
         dest="settings",
         help="override any config key (VALUE is YAML, e.g. tasks=[0,3]); repeatable",
     )
+    return p
 
 
 def _parse_settings(settings: list[str]) -> dict[str, Any]:
@@ -88,7 +101,6 @@ def _run_collect(args: argparse.Namespace) -> None:
             [
                 "suite",
                 "tasks",
-                "rollouts_per_init",
                 "num_parallel_envs",
                 "max_episode_length",
                 "num_steps_wait",
@@ -103,6 +115,7 @@ def _run_collect(args: argparse.Namespace) -> None:
         policy_name=args.policy,
         out=args.out,
         init_states=args.init_states,
+        rollouts_per_init=args.rollouts_per_init,
         cfg_scale=args.cfg_scale,
         progress=not args.no_progress,
     )
@@ -136,12 +149,96 @@ def _run_norm_stats(args: argparse.Namespace) -> None:
     )
 
 
+def _add_label(sub: argparse._SubParsersAction) -> None:
+    p = _step_parser(sub, "label", "RLOO advantages and CFG labels of rollout shards", _run_label)
+    p.add_argument("--rollouts", nargs="+", required=True, help="rollout shards (.h5)")
+    p.add_argument("--out", required=True, help="label table to write (.parquet)")
+
+
+def _run_label(args: argparse.Namespace) -> None:
+    from ript.rl.label import label
+
+    config = load_config(args.config, _parse_settings(args.settings))
+    summary = label(config, args.rollouts, args.out)
+    print(f"label: {args.out}: {summary.line()}")
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = _step_parser(sub, "train", "SFT bootstrap or CFG post-training of the policy", _run_train)
+    p.add_argument("--mode", choices=["sft", "cfg"], required=True)
+    p.add_argument("--out", required=True, help="run directory; the policy lands in OUT/policy")
+    p.add_argument("--demos", nargs="+", help="demonstration shards (sft)")
+    p.add_argument("--labels", help="label table from `ript label` (cfg)")
+    p.add_argument("--init", help="checkpoint to start from (cfg: the base policy)")
+    p.add_argument("--norm-stats", help="norm_stats.json for a policy trained from scratch")
+    p.add_argument("--cond-mode", help="condition mode (default: the config's first)")
+    p.add_argument(
+        "--alpha-uncond", type=float, help="unconditional loss weight (default: config's first)"
+    )
+    p.add_argument("--resume", action="store_true", help="continue from OUT's last checkpoint")
+
+
+def _run_train(args: argparse.Namespace) -> None:
+    from ript.rl.train import train
+
+    config = load_config(args.config, _parse_settings(args.settings))
+    final = train(
+        config,
+        mode=args.mode,
+        out=args.out,
+        demos=args.demos,
+        labels=args.labels,
+        init=args.init,
+        norm_stats=args.norm_stats,
+        cond_mode=args.cond_mode,
+        alpha_uncond=args.alpha_uncond,
+        resume=args.resume,
+        progress=not args.no_progress,
+    )
+    print(f"train: {final}")
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = _step_parser(
+        sub, "evaluate", "success rate (95%% Wilson CI) of a policy -> metrics.json", _run_evaluate
+    )
+    p.add_argument("--policy", required=True, help="checkpoint directory or 'expert'")
+    p.add_argument("--cfg-scale", type=float, default=1.0, help="guidance scale")
+    p.add_argument("--out", required=True, help="metrics.json to write")
+    p.add_argument("--init-states", default="eval", help="'eval' (default), 'train' or START:STOP")
+    p.add_argument("--shard", help="also keep the evaluation episodes in this shard (.h5)")
+
+
+def _run_evaluate(args: argparse.Namespace) -> None:
+    from ript.evaluation.evaluate import evaluate
+
+    config = load_config(args.config, _parse_settings(args.settings))
+    metrics = evaluate(
+        config,
+        policy_name=args.policy,
+        out=args.out,
+        cfg_scale=args.cfg_scale,
+        init_states=args.init_states,
+        shard=args.shard,
+        progress=not args.no_progress,
+    )
+    o = metrics["overall"]
+    print(
+        f"evaluate: {args.out}: success {o['successes']}/{o['n']} = {o['success_rate']:.3f} "
+        f"(95% CI {o['ci95_low']:.3f}-{o['ci95_high']:.3f}), mean length "
+        f"{o['mean_episode_length']:.1f}"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ript", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="step", required=True, metavar="STEP")
     _add_collect(sub)
     _add_norm_stats(sub)
+    _add_label(sub)
+    _add_train(sub)
+    _add_evaluate(sub)
     return parser
 
 

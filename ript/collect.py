@@ -137,16 +137,21 @@ def collect(
     policy_name: str,
     out: str | Path,
     init_states: str = "train",
+    rollouts_per_init: int | None = None,
     cfg_scale: float = 1.0,
     progress: bool = True,
 ) -> tuple[list[Episode], RolloutStats]:
+    """`rollouts_per_init` overrides the config's K for this shard (demonstrations,
+    evaluation), outside config validation, which insists on K >= 2 for RLOO."""
     out = Path(out)
+    if rollouts_per_init is not None and rollouts_per_init < 1:
+        raise ValueError(f"--rollouts-per-init {rollouts_per_init}: expected >= 1")
     policy = load_rollout_policy(policy_name, config, cfg_scale)
     specs = episode_specs(
         suite=config["suite"],
         tasks=config["tasks"],
         init_states=parse_init_states(init_states, config),
-        rollouts_per_init=config["rollouts_per_init"],
+        rollouts_per_init=rollouts_per_init or config["rollouts_per_init"],
         seed=config["seed"],
         use_init_states=config["use_init_states"],
         n_video=config["n_video"],

@@ -97,6 +97,28 @@ def _check_cross_keys(config: dict[str, Any], source: str) -> None:
             f"{source}: keys 'train_init_states' {[a0, a1]} and 'eval_init_states' {[b0, b1]} "
             "overlap; training rollouts must not start from evaluation init states"
         )
+    if config["rollouts_per_init"] < 2:
+        raise ConfigError(
+            f"{source}: key 'rollouts_per_init': {config['rollouts_per_init']} rollout per init "
+            "state; RLOO needs K >= 2 rollouts sharing a start"
+        )
+    if config["camera_keys"] and not config["cameras"]:
+        raise ConfigError(
+            f"{source}: key 'camera_keys': {config['camera_keys']} need rendered cameras but "
+            "'cameras' is false"
+        )
+    privileged = [k for k in config["state_keys"] if k.startswith("privileged_")]
+    if privileged and not config["privileged_object_state"]:
+        raise ConfigError(
+            f"{source}: key 'state_keys': {privileged} need privileged_object_state: true"
+        )
+    path = config["pretrained_path"]
+    if path is not None and not Path(path).is_dir():
+        raise ConfigError(
+            f"{source}: key 'pretrained_path': {path!r} is not a directory; expected a local "
+            "checkpoint (ours or a stock PI0 save_pretrained directory), or null to bootstrap "
+            "a base policy from expert demonstrations"
+        )
     if config["n_video"] > 0 and config["render_source"] == "obs" and not config["cameras"]:
         raise ConfigError(
             f"{source}: key 'render_source': 'obs' takes video frames from the camera "

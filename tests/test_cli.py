@@ -168,7 +168,7 @@ def test_collect_with_a_policy_checkpoint(tmp_path):
     assert result.returncode == 0, result.stderr
     index = read_index(out)
     assert list(index["length"]) == [8, 8]
-    assert index["policy_id"].iloc[0] == "ckpt(cfg_scale=1.5)"
+    assert index["policy_id"].iloc[0].endswith("/ckpt(cfg_scale=1.5)")
     with EpisodeReader(out) as reader:
         first, second = reader.read("demo_0"), reader.read("demo_1")
     assert not np.array_equal(first.actions, second.actions)  # each rollout has its own noise

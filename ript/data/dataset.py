@@ -21,6 +21,7 @@ class _Episode:
     actions: np.ndarray
     prompt: str
     attrs: dict
+    source: tuple[str, str]  # (shard, demo)
 
 
 class ChunkDataset:
@@ -33,12 +34,16 @@ class ChunkDataset:
         chunk_size: int,
         obs_keys: list[str],
         only_successful: bool = False,
+        episodes: set[tuple[str, str]] | None = None,
     ) -> None:
+        """`episodes`: only these (shard, demo) pairs (e.g. those a label table keeps)."""
         self.chunk_size = chunk_size
         self.episodes: list[_Episode] = []
         for shard in shards:
             with EpisodeReader(shard) as reader:
                 for ep in reader:
+                    if episodes is not None and (str(shard), ep.demo) not in episodes:
+                        continue
                     if only_successful and not ep.attrs.get("success", True):
                         continue
                     self.episodes.append(
@@ -47,6 +52,7 @@ class ChunkDataset:
                             ep.actions.astype(np.float32),
                             str(ep.attrs.get("language", "")),
                             ep.attrs,
+                            (str(shard), ep.demo),
                         )
                     )
         if not self.episodes:

@@ -88,6 +88,10 @@ class Policy:
         self.settings = settings
         self.cfg_scale = cfg_scale
         self.policy_id = policy_id
+        # what `sample_actions` has cost so far (observations in, actions out)
+        self.inference_calls = 0
+        self.inference_chunks = 0
+        self.inference_seconds = 0.0
         config = model.config
         if norm_stats.actions.dim != settings.action_dim:
             raise CheckpointError(
@@ -204,22 +208,19 @@ class Policy:
         """Action chunks (B, chunk_size, action_dim), unnormalised, ready for the env."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         scale = self.effective_cfg_scale(cfg_scale)
-        inputs = self.prepare(obs, prompts)
-        if noise is not None:
-            noise = noise.to(self.device, self.dtype)
         start = time.perf_counter()
-        chunk = self.model.sample_actions(
-            inputs["state"],
-            inputs["input_ids"],
-            inputs.get("pixel_values"),
-            noise=noise,
-            attention_mask=inputs["attention_mask"],
-            pixel_attention_mask=inputs.get("pixel_attention_mask"),
-            num_steps=self.settings.num_steps,
-            cfg_scale=scale,
-        )
+        inputs = self.prepare(obs, prompts)
+        c = self.model.config
+        if noise is None:
+            noise = torch.randn(inputs["state"].shape[0], c.chunk_size, c.max_action_dim)
+        inputs["noise"] = noise.to(self.device, self.dtype)
+        sample = self.sampler or self.model.sample_actions
+        chunk = sample(**inputs, num_steps=self.settings.num_steps, cfg_scale=scale)
         actions = chunk[..., : self.settings.action_dim].float().cpu().numpy()
         actions = self.norm_stats.actions.unnormalize(actions, self.settings.normalization)
+        self.inference_calls += 1
+        self.inference_chunks += len(actions)
+        self.inference_seconds += time.perf_counter() - start
         if os.environ.get("PI0_VERBOSE") == "1":
             log.info(
                 "[Policy] sample_actions %.1f ms, actions %s, cfg_scale=%g (%s)",
@@ -250,6 +251,26 @@ class Policy:
 
     # --- training ------------------------------------------------------------------------
 
+    def loss_inputs(
+        self, obs: dict[str, Any], prompts: list[str], actions: np.ndarray
+    ) -> dict[str, Any]:
+        """Keyword arguments of the model's `compute_loss` (all but the branches, noise and
+        time) for raw action chunks (B, chunk, action_dim)."""
+        inputs = self.prepare(obs, prompts)
+        norm = self.norm_stats.actions.normalize(actions, self.settings.normalization)
+        c = self.model.config
+        padded = torch.zeros(norm.shape[0], c.chunk_size, c.max_action_dim)
+        padded[:, : norm.shape[1], : norm.shape[2]] = torch.from_numpy(norm)
+        return dict(
+            state=inputs["state"],
+            actions=padded.to(self.device, self.dtype),
+            input_ids=inputs["input_ids"],
+            attention_mask=inputs["attention_mask"],
+            pixel_values=inputs.get("pixel_values"),
+            pixel_attention_mask=inputs.get("pixel_attention_mask"),
+            action_dim=self.settings.action_dim,
+        )
+
     def compute_loss(
         self,
         obs: dict[str, Any],
@@ -261,20 +282,9 @@ class Policy:
     ) -> torch.Tensor:
         """Per-sample flow-matching losses (len(branches), B) for raw action chunks
         (B, chunk, action_dim); both branches share one prefix pass."""
-        inputs = self.prepare(obs, prompts)
-        norm = self.norm_stats.actions.normalize(actions, self.settings.normalization)
-        c = self.model.config
-        padded = torch.zeros(norm.shape[0], c.chunk_size, c.max_action_dim)
-        padded[:, : norm.shape[1], : norm.shape[2]] = torch.from_numpy(norm)
         return self.model.compute_loss(
-            inputs["state"],
-            padded.to(self.device, self.dtype),
-            inputs["input_ids"],
-            inputs["attention_mask"],
-            [b.to(self.device) for b in branches],
-            inputs.get("pixel_values"),
-            inputs.get("pixel_attention_mask"),
-            action_dim=self.settings.action_dim,
+            **self.loss_inputs(obs, prompts, actions),
+            branches=[b.to(self.device) for b in branches],
             noise=noise,
             time=time,
         )
@@ -299,12 +309,15 @@ class Policy:
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
         cfg_scale: float = 1.0,
-        cond_mode: str = "bias",
-        label_scheme: str = "binary",
+        cond_mode: str | None = None,
+        label_scheme: str | None = None,
         settings: PolicySettings | None = None,
     ) -> Policy:
-        """Load our checkpoint, or a stock PI0 one (then `cond_mode`/`label_scheme` apply
-        and `settings` default to LIBERO's two cameras)."""
+        """Load our checkpoint, or a stock PI0 one (`settings` then default to LIBERO's two
+        cameras). `cond_mode`/`label_scheme` (default: the checkpoint's; bias/binary for
+        stock) other than the checkpoint's replace its condition parameters by fresh ones,
+        which start the new model exactly at the loaded one if the old ones were still at
+        their initial zeros (a base trained with frozen condition, `ript train --mode sft`)."""
         path = Path(path)
         if not path.is_dir():
             raise CheckpointError(f"{path}: checkpoint directory not found")
@@ -316,12 +329,18 @@ class Policy:
         except json.JSONDecodeError as e:
             raise CheckpointError(f"{path}/config.json: not valid JSON: {e}") from e
         if model_type == CFGPI0Config.model_type:
+            config = CFGPI0Config.from_pretrained(path, local_files_only=True)
+            config.cond_mode = cond_mode or config.cond_mode
+            config.label_scheme = label_scheme or config.label_scheme
             model = CFGPI0ForConditionalGeneration.from_pretrained(
-                path, local_files_only=True, use_safetensors=True
+                path, config=config, local_files_only=True, use_safetensors=True
             )
         elif model_type == PI0Config.model_type:
             model = CFGPI0ForConditionalGeneration.from_stock_pretrained(
-                str(path), cond_mode=cond_mode, label_scheme=label_scheme, use_safetensors=True
+                str(path),
+                cond_mode=cond_mode or "bias",
+                label_scheme=label_scheme or "binary",
+                use_safetensors=True,
             )
         else:
             raise CheckpointError(
@@ -345,7 +364,7 @@ class Policy:
             NormStats.load(path / NORM_STATS_FILE),
             settings,
             cfg_scale=cfg_scale,
-            policy_id=f"{path.name}(cfg_scale={cfg_scale:g})",
+            policy_id=f"{path.parent.name}/{path.name}(cfg_scale={cfg_scale:g})",
         )
 
 

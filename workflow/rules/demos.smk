@@ -9,8 +9,8 @@ rule demos:
         settings=lambda wildcards: settings(
             ENV_KEYS + ["expert_action_noise", "expert_grasp_offset"],
             tasks=[int(wildcards.task)],
-            rollouts_per_init=config["demos_per_init"],
         ),
+        per_init=config["demos_per_init"],
     log:
         f"{RESULTS}/logs/demos/task{{task}}.log",
     benchmark:
@@ -19,5 +19,6 @@ rule demos:
     conda:
         ENV
     shell:
-        "ript collect --policy expert --init-states train --num-parallel-envs {threads} "
+        "ript collect --policy expert --init-states train --rollouts-per-init {params.per_init} "
+        "--num-parallel-envs {threads} "
         "{params.settings} --out {output.shard} --no-progress > {log} 2>&1"

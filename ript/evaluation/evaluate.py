@@ -1,0 +1,123 @@
+"""`ript evaluate`: roll a policy out on the evaluation init states -> metrics.json.
+
+The policy is a checkpoint directory (a trained or the base policy) or the scripted expert.
+metrics.json holds successes, n and the success rate with a 95% Wilson interval, overall and
+per task, the mean episode length, the mean inference time per policy call and per chunk,
+and the exact settings of the run; the rollouts themselves can be kept as a shard.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ript.collect import episode_specs, load_rollout_policy, make_pool, parse_init_states
+from ript.data.episode_store import write_shard
+from ript.envs.pool import Episode
+from ript.evaluation.metrics import success_summary
+from ript.rl.train import SETTINGS_FILE
+
+
+def episode_metrics(episodes: list[Episode]) -> dict[str, Any]:
+    """Overall and per-task success with Wilson intervals, and mean episode lengths."""
+
+    def block(eps: list[Episode]) -> dict[str, Any]:
+        return {
+            **success_summary(sum(e.success for e in eps), len(eps)),
+            "mean_episode_length": float(np.mean([e.length for e in eps])) if eps else 0.0,
+        }
+
+    tasks = sorted({e.spec.task_id for e in episodes})
+    return {
+        "overall": block(episodes),
+        "per_task": {str(t): block([e for e in episodes if e.spec.task_id == t]) for t in tasks},
+    }
+
+
+def policy_settings(policy: Any, policy_dir: str, cfg_scale: float) -> dict[str, Any]:
+    """The sampling settings, and the training run's (mode, cond_mode, alpha_uncond)."""
+    model = getattr(policy, "model", None)
+    if model is None:
+        return {"policy_kind": "expert", "cfg_scale": None, "dual": False}
+    scale = policy.effective_cfg_scale(cfg_scale)
+    trained = Path(policy_dir) / SETTINGS_FILE
+    training = json.loads(trained.read_text()) if trained.is_file() else None
+    return {
+        "training": training,
+        "policy_kind": "checkpoint",
+        "cond_mode": model.config.cond_mode,
+        "label_scheme": model.config.label_scheme,
+        "cfg_scale": scale,
+        "dual": scale != 1.0,
+        "num_steps": policy.settings.num_steps,
+    }
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def evaluate(
+    config: dict[str, Any],
+    *,
+    policy_name: str,
+    out: str | Path,
+    cfg_scale: float = 1.0,
+    init_states: str = "eval",
+    shard: str | Path | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run the evaluation and write metrics.json to `out`."""
+    policy = load_rollout_policy(policy_name, config, cfg_scale)
+    specs = episode_specs(
+        suite=config["suite"],
+        tasks=config["tasks"],
+        init_states=parse_init_states(init_states, config),
+        rollouts_per_init=config["eval_rollouts_per_init"],
+        seed=config["seed"],
+        use_init_states=config["use_init_states"],
+    )
+    with make_pool(config) as pool:
+        episodes = pool.run(
+            specs, policy, progress=progress, desc=f"evaluate {Path(out).parent.name}"
+        )
+        stats = pool.stats
+    calls = getattr(policy, "inference_calls", 0)
+    seconds = getattr(policy, "inference_seconds", 0.0)
+    chunks = getattr(policy, "inference_chunks", 0)
+    metrics = {
+        **episode_metrics(episodes),
+        "inference": {
+            "calls": calls,
+            "mean_ms_per_call": 1e3 * seconds / calls if calls else None,
+            "mean_ms_per_chunk": 1e3 * seconds / chunks if chunks else None,
+        },
+        "settings": {
+            "policy": str(policy_name),
+            "policy_id": policy.policy_id,
+            **policy_settings(policy, policy_name, cfg_scale),
+            "seed": config["seed"],
+            "suite": config["suite"],
+            "tasks": config["tasks"],
+            "init_states": list(parse_init_states(init_states, config)),
+            "rollouts_per_init": config["eval_rollouts_per_init"],
+            "max_episode_length": config["max_episode_length"],
+            "replan_steps": config["replan_steps"],
+        },
+        "env": {
+            "env_steps": stats.env_steps,
+            "wall_s": stats.wall_seconds,
+            "worker_restarts": stats.worker_restarts,
+        },
+    }
+    if shard is not None:
+        write_shard(shard, episodes, policy_id=policy.policy_id)
+    write_json(Path(out), metrics)
+    return metrics

@@ -1,0 +1,537 @@
+"""`ript train`: flow-matching training of the CFG policy, SFT or CFG post-training.
+
+    L = sum_i(w_pos_i * L_pos_i) / B + alpha_uncond * sum_i(L_uncond_i) / B
+
+`L_pos` is the flow-matching loss with the positive label, `L_uncond` with the
+unconditional one; both come from one `compute_loss` call sharing the prefix pass.
+`--mode sft` (the bootstrap) trains plain flow matching on demonstrations: one branch, every
+weight 1, the condition parameters frozen at their initial zeros, so the base is a plain pi0
+and any condition mode can be added afterwards without changing it. Condition dropout
+(`p_uncond`, the notes' scheme A) turns a sample's positive branch into an unconditional one
+with a blank prompt; it then counts with weight 1. Training never reads `cfg_scale`.
+
+Everything random in a step (the batch rows, dropout, flow time, noise) is drawn for the
+global batch from a generator seeded by (seed, step), so a resumed run and a run split over
+DDP processes see exactly the data of an uninterrupted single-process run. Padded chunk steps
+past an episode's end repeat its last action and are trained on, as in openpi.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import shutil
+import socket
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from ript.collect import derive_seed
+from ript.data.dataset import ChunkDataset
+from ript.data.norm_stats import NormStats
+from ript.models.cfg_pi0 import UNCOND, positive_label
+from ript.models.policy import Policy, PolicySettings, new_policy
+from ript.rl.label import read_labels
+
+log = logging.getLogger(__name__)
+MODES = ("sft", "cfg")
+METRICS_FILE = "metrics.csv"
+METRIC_COLUMNS = [
+    "step",
+    "loss",
+    "loss_pos",
+    "loss_uncond",
+    "grad_norm",
+    "lr",
+    "samples_per_s",
+    "nonfinite_steps",
+]
+STATE_FILE = "trainer_state.pt"
+SETTINGS_FILE = "train_settings.json"  # also copied into the final policy directory
+
+
+class TrainingError(ValueError):
+    """Training cannot go on (e.g. too many non-finite losses)."""
+
+
+@dataclass
+class TrainSamples:
+    """Chunks to train on, with the positive-branch weight and label of every sample."""
+
+    dataset: ChunkDataset
+    w_pos: np.ndarray  # (N,)
+    is_positive: np.ndarray  # (N,) bool
+
+
+def sft_samples(shards: list[str], config: dict[str, Any]) -> TrainSamples:
+    dataset = ChunkDataset(
+        shards,
+        chunk_size=config["chunk_size"],
+        obs_keys=config["state_keys"] + config["camera_keys"],
+        only_successful=config["sft_only_successful"],
+    )
+    n = len(dataset)
+    return TrainSamples(dataset, np.ones(n), np.ones(n, dtype=bool))
+
+
+def cfg_samples(labels_path: str, config: dict[str, Any]) -> TrainSamples:
+    """Every step of the labelled episodes, weighted by the span of the table it falls in."""
+    table, summary = read_labels(labels_path)
+    if table.empty:
+        raise ValueError(
+            f"{labels_path}: no labelled episodes ({summary.line()}); every group had equal "
+            "rewards. Collect more rollouts or set dynamic_sampling: false"
+        )
+    dataset = ChunkDataset(
+        sorted(table["shard"].unique()),
+        chunk_size=config["chunk_size"],
+        obs_keys=config["state_keys"] + config["camera_keys"],
+        episodes=set(zip(table["shard"], table["demo"], strict=True)),
+    )
+    spans = {
+        key: group.sort_values("step_start")
+        for key, group in table.groupby(["shard", "demo"], sort=False)
+    }
+    w_pos = np.zeros(len(dataset))
+    positive = np.zeros(len(dataset), dtype=bool)
+    for row, (e, t) in enumerate(dataset.index):
+        rows = spans[dataset.episodes[e].source]
+        span = rows.iloc[int(np.searchsorted(rows["step_start"].to_numpy(), t, "right")) - 1]
+        w_pos[row], positive[row] = span["w_pos"], span["is_positive"]
+    return TrainSamples(dataset, w_pos, positive)
+
+
+def lr_factor(step: int, warmup_steps: int, total_steps: int, final_ratio: float) -> float:
+    """Linear warm-up to the peak, then cosine decay to `final_ratio` of it (openpi)."""
+    if step < warmup_steps:
+        return (step + 1) / (warmup_steps + 1)
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return final_ratio + (1 - final_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def setup_distributed(device: str) -> tuple[int, int, torch.device]:
+    """(rank, world size, device). Under torchrun the environment says it all; a plain
+    process gets RANK=0, WORLD_SIZE=1 and a free local port, so it needs nothing set."""
+    if "WORLD_SIZE" not in os.environ:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        os.environ.update(
+            RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+        )
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if use_cuda:
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        torch.cuda.set_device(local)
+        dev = torch.device("cuda", local)
+    else:
+        dev = torch.device("cpu")
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo", rank=rank, world_size=world)
+    return rank, world, dev
+
+
+class _Compute(nn.Module):
+    """DDP synchronises gradients of what runs in a module's forward: the branch losses."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, **kwargs: Any) -> torch.Tensor:
+        return self.model.compute_loss(**kwargs)
+
+
+def condition_parameters(policy: Policy) -> list[nn.Parameter]:
+    model = policy.model
+    names = ("cond_bias", "cond_concat", "cond_token")
+    params = [p for n, p in model.embed_action_time.named_parameters() if n.startswith(names)]
+    return params + ([model.cond_gate] if hasattr(model, "cond_gate") else [])
+
+
+class Trainer:
+    """One training run writing checkpoints, metrics and the final policy into `out`."""
+
+    def __init__(
+        self,
+        policy: Policy,
+        samples: TrainSamples,
+        config: dict[str, Any],
+        *,
+        mode: str,
+        out: str | Path,
+        alpha_uncond: float = 0.0,
+        rank: int = 0,
+        world: int = 1,
+        progress: bool = True,
+    ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode {mode!r}: expected one of {MODES}")
+        self.policy, self.samples, self.config, self.mode = policy, samples, config, mode
+        self.out = Path(out)
+        self.alpha_uncond = alpha_uncond if mode == "cfg" else 0.0
+        self.rank, self.world, self.progress = rank, world, progress
+        self.steps = config["sft_steps"] if mode == "sft" else config["train_steps"]
+        model = policy.model.train()
+        if mode == "sft":
+            for p in condition_parameters(policy):
+                p.requires_grad_(False)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(
+            self.params,
+            lr=config["sft_learning_rate"] if mode == "sft" else config["learning_rate"],
+            betas=tuple(config["adam_betas"]),
+            weight_decay=config["weight_decay"],
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            lambda s: lr_factor(s, config["warmup_steps"], self.steps, config["final_lr_ratio"]),
+        )
+        self.compute = DistributedDataParallel(_Compute(model), find_unused_parameters=True)
+        decay = config["ema_decay"]
+        self.ema = [p.detach().clone() for p in self.params] if decay is not None else None
+        self.step = 0
+        self.nonfinite = 0
+
+    # --- one step ----------------------------------------------------------------------------
+
+    def draw(self, step: int) -> dict[str, Any]:
+        """The global batch of `step` (rows, dropout, time, noise); independent of rank."""
+        c, model_config = self.config, self.policy.model.config
+        rng = np.random.default_rng(derive_seed(c["seed"], step, MODES.index(self.mode)))
+        batch = c["batch_size"]
+        rows = rng.integers(0, len(self.samples.dataset), size=batch)
+        dropped = rng.random(batch) < c["p_uncond"]
+        flow_time = (
+            rng.beta(
+                model_config.time_sampling_beta_alpha,
+                model_config.time_sampling_beta_beta,
+                size=batch,
+            )
+            * model_config.time_sampling_scale
+            + model_config.time_sampling_offset
+        )
+        noise = rng.standard_normal(
+            (batch, model_config.chunk_size, model_config.max_action_dim)
+        ).astype(np.float32)
+        return dict(rows=rows, dropped=dropped, time=flow_time, noise=noise)
+
+    def losses(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(objective of this rank, global sum of w * L_pos, global sum of L_uncond); the
+        objective's gradients, averaged over ranks by DDP, are those of the global loss."""
+        draw = self.draw(step)
+        mine = np.arange(self.rank, self.config["batch_size"], self.world)
+        rows, dropped = draw["rows"][mine], draw["dropped"][mine]
+        data = self.samples.dataset.batch(rows)
+        prompts = ["" if d else p for p, d in zip(data["prompts"], dropped, strict=True)]
+        device, dtype = self.policy.device, self.policy.dtype
+        weights = np.where(dropped, 1.0, self.samples.w_pos[rows])
+        scheme = self.policy.model.config.label_scheme
+        pos_labels = torch.where(torch.from_numpy(dropped), UNCOND, positive_label(scheme)).to(
+            device
+        )
+        branches = [pos_labels]
+        if self.alpha_uncond > 0:
+            branches.append(torch.full_like(pos_labels, UNCOND))
+        with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
+            loss = self.compute(
+                **self.policy.loss_inputs(data["obs"], prompts, data["actions"]),
+                branches=branches,
+                noise=torch.from_numpy(draw["noise"][mine]).to(device, dtype),
+                time=torch.from_numpy(draw["time"][mine]).to(device, torch.float32),
+            ).float()
+        w = torch.from_numpy(weights).to(device, torch.float32)
+        pos_sum = (w * loss[0]).sum()
+        uncond_sum = loss[1].sum() if self.alpha_uncond > 0 else torch.zeros((), device=device)
+        batch = self.config["batch_size"]
+        objective = (pos_sum + self.alpha_uncond * uncond_sum) * self.world / batch
+        sums = torch.stack([pos_sum.detach(), uncond_sum.detach()])
+        dist.all_reduce(sums)
+        sums = sums.cpu()
+        return objective, sums[0], sums[1]
+
+    def train_step(self) -> dict[str, float]:
+        t0 = time.perf_counter()
+        self.optimizer.zero_grad(set_to_none=True)
+        objective, pos_sum, uncond_sum = self.losses(self.step)
+        objective.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.config["grad_clip_norm"])
+        batch = self.config["batch_size"]
+        loss_pos, loss_uncond = float(pos_sum) / batch, float(uncond_sum) / batch
+        loss = loss_pos + self.alpha_uncond * loss_uncond
+        lr = self.scheduler.get_last_lr()[0]
+        if math.isfinite(loss) and math.isfinite(float(grad_norm)):
+            self.optimizer.step()
+            self.update_ema()
+        else:
+            self.nonfinite += 1
+            log.warning("step %d: non-finite loss %s; skipped", self.step, loss)
+            if self.nonfinite > self.config["max_nonfinite_steps"]:
+                raise TrainingError(
+                    f"{self.nonfinite} steps with a non-finite loss (max_nonfinite_steps="
+                    f"{self.config['max_nonfinite_steps']}); last at step {self.step}. Lower "
+                    "the learning rate or check the data and norm stats"
+                )
+        with warnings.catch_warnings():  # a skipped step still advances the schedule
+            warnings.filterwarnings("ignore", "Detected call of .lr_scheduler.step")
+            self.scheduler.step()
+        self.step += 1
+        return dict(
+            step=self.step,
+            loss=loss,
+            loss_pos=loss_pos,
+            loss_uncond=loss_uncond,
+            grad_norm=float(grad_norm),
+            lr=lr,
+            samples_per_s=batch / (time.perf_counter() - t0),
+            nonfinite_steps=self.nonfinite,
+        )
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        if self.ema is None:
+            return
+        decay = self.config["ema_decay"]
+        for e, p in zip(self.ema, self.params, strict=True):
+            e.mul_(decay).add_(p.detach(), alpha=1 - decay)
+
+    # --- checkpoints ---------------------------------------------------------------------------
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.out / "checkpoints"
+
+    def save_checkpoint(self) -> None:
+        """checkpoints/step_N (policy + optimizer, schedule, EMA); replaces older ones."""
+        if self.rank == 0:
+            final = self.checkpoint_dir / f"step_{self.step:07d}"
+            tmp = self.checkpoint_dir / f".tmp-step_{self.step:07d}-{os.getpid()}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            self.policy.save_pretrained(tmp)
+            torch.save(
+                {
+                    "step": self.step,
+                    "nonfinite": self.nonfinite,
+                    "optimizer": self.optimizer.state_dict(),
+                    "scheduler": self.scheduler.state_dict(),
+                    "ema": self.ema,
+                },
+                tmp / STATE_FILE,
+            )
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            for old in self.checkpoint_dir.glob("step_*"):
+                if old != final:
+                    shutil.rmtree(old, ignore_errors=True)
+        dist.barrier()
+
+    def latest_checkpoint(self) -> Path | None:
+        found = sorted(self.checkpoint_dir.glob("step_*"))
+        return found[-1] if found else None
+
+    def resume(self) -> bool:
+        """Continue from the last checkpoint; False when there is none."""
+        path = self.latest_checkpoint()
+        if path is None:
+            return False
+        state = torch.load(path / STATE_FILE, weights_only=True, map_location="cpu")
+        saved = Policy.from_pretrained(path).model.state_dict()
+        self.policy.model.load_state_dict(saved)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.ema is not None and state["ema"] is not None:
+            for e, saved in zip(self.ema, state["ema"], strict=True):
+                e.copy_(saved)
+        self.step, self.nonfinite = state["step"], state["nonfinite"]
+        log.info("resumed from %s at step %d", path, self.step)
+        return True
+
+    # --- the run -----------------------------------------------------------------------------
+
+    def run(self, resume: bool = False) -> Path:
+        """Train to the configured step count; return the final policy directory."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        resumed = resume and self.resume()
+        metrics = MetricsLog(self.out / METRICS_FILE, keep_until=self.step if resumed else 0)
+        every = self.config["checkpoint_every"]
+        bar = tqdm(
+            total=self.steps,
+            initial=self.step,
+            desc=f"train {self.mode} {self.out.name}",
+            disable=not self.progress or self.rank != 0,
+        )
+        while self.step < self.steps:
+            row = self.train_step()
+            if self.rank == 0:
+                metrics.append(row)
+            bar.update(1)
+            bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}")
+            if self.step % every == 0 or self.step == self.steps:
+                self.save_checkpoint()
+        bar.close()
+        return self.save_final()
+
+    def save_final(self) -> Path:
+        """out/policy, written under a temporary name and renamed (EMA weights if enabled)."""
+        final = self.out / "policy"
+        if self.rank == 0:
+            if self.ema is not None:
+                for e, p in zip(self.ema, self.params, strict=True):
+                    p.data.copy_(e)
+            self.policy.model.eval()
+            self.policy.policy_id = f"{self.out.name}"
+            tmp = self.out / f".tmp-policy-{os.getpid()}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            self.policy.save_pretrained(tmp)
+            if (self.out / SETTINGS_FILE).is_file():
+                shutil.copy(self.out / SETTINGS_FILE, tmp / SETTINGS_FILE)
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+        dist.barrier()
+        return final
+
+
+class MetricsLog:
+    """metrics.csv, appended per step; a resumed run first drops rows past its checkpoint."""
+
+    def __init__(self, path: Path, keep_until: int) -> None:
+        self.path = path
+        rows = []
+        if keep_until and path.is_file():
+            with path.open() as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= keep_until]
+        with path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, METRIC_COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    def append(self, row: dict[str, float]) -> None:
+        with self.path.open("a", newline="") as f:
+            csv.DictWriter(f, METRIC_COLUMNS).writerow(
+                {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()}
+            )
+
+
+def build_policy(
+    config: dict[str, Any],
+    *,
+    mode: str,
+    init: str | None,
+    norm_stats: str | None,
+    cond_mode: str,
+    device: torch.device,
+) -> Policy:
+    """The policy a run starts from: `init` (a checkpoint) or a fresh preset model."""
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    if init is not None:
+        policy = Policy.from_pretrained(
+            init,
+            device=device,
+            dtype=dtype,
+            cond_mode=cond_mode,
+            label_scheme=config["label_scheme"],
+        )
+        if mode == "cfg" and norm_stats is not None:
+            raise ValueError("--norm-stats: a CFG run keeps the base checkpoint's norm stats")
+        return policy
+    if mode == "cfg":
+        raise ValueError("--init: CFG training starts from a base checkpoint")
+    if norm_stats is None:
+        raise ValueError("--norm-stats: a policy trained from scratch needs norm stats")
+    stats = NormStats.load(norm_stats)
+    settings = PolicySettings(
+        state_keys=config["state_keys"],
+        camera_keys=config["camera_keys"],
+        num_camera_slots=3 if config["camera_keys"] else 0,
+        normalization=config["normalization"],
+        num_steps=config["num_inference_steps"],
+    )
+    policy = new_policy(
+        config["preset"],
+        stats,
+        settings,
+        cond_mode=cond_mode,
+        label_scheme=config["label_scheme"],
+        chunk_size=config["chunk_size"],
+        max_state_dim=config["max_state_dim"],
+        max_action_dim=config["max_action_dim"],
+        seed=config["seed"],
+    )
+    policy.model.to(device, dtype)
+    return policy
+
+
+def train(
+    config: dict[str, Any],
+    *,
+    mode: str,
+    out: str | Path,
+    demos: list[str] | None = None,
+    labels: str | None = None,
+    init: str | None = None,
+    norm_stats: str | None = None,
+    cond_mode: str | None = None,
+    alpha_uncond: float | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Build the data and the policy, train, return the final policy directory."""
+    cond_mode = cond_mode or config["cond_mode"][0]
+    alpha_uncond = config["alpha_uncond"][0] if alpha_uncond is None else alpha_uncond
+    if alpha_uncond < 0:
+        raise ValueError(f"--alpha-uncond {alpha_uncond}: expected >= 0")
+    if mode == "sft":
+        if not demos:
+            raise ValueError("--demos: SFT needs demonstration shards")
+        samples = sft_samples(demos, config)
+    elif mode == "cfg":
+        if labels is None:
+            raise ValueError("--labels: CFG training needs a label table (ript label)")
+        samples = cfg_samples(labels, config)
+    else:
+        raise ValueError(f"--mode {mode!r}: expected one of {MODES}")
+    rank, world, device = setup_distributed(config["device"])
+    try:
+        policy = build_policy(
+            config, mode=mode, init=init, norm_stats=norm_stats, cond_mode=cond_mode, device=device
+        )
+        trainer = Trainer(
+            policy,
+            samples,
+            config,
+            mode=mode,
+            out=out,
+            alpha_uncond=alpha_uncond,
+            rank=rank,
+            world=world,
+            progress=progress,
+        )
+        if rank == 0:
+            Path(out).mkdir(parents=True, exist_ok=True)
+            settings = dict(
+                mode=mode,
+                cond_mode=cond_mode,
+                alpha_uncond=trainer.alpha_uncond,
+                samples=len(samples.dataset),
+                positive_fraction=float(samples.is_positive.mean()),
+                world_size=world,
+                device=str(device),
+            )
+            (Path(out) / SETTINGS_FILE).write_text(json.dumps(settings, indent=2))
+            log.info("train: %s", settings)
+        return trainer.run(resume=resume)
+    finally:
+        dist.destroy_process_group()

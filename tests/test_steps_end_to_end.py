@@ -1,0 +1,128 @@
+"""The chain of `ript` steps on the real simulator, as the pipeline runs them: expert demos ->
+norm stats -> SFT base -> K rollouts of the base -> labels -> CFG training -> evaluation at
+two guidance scales."""
+
+import json
+
+import pandas as pd
+import pytest
+import yaml
+from test_cli import run_ript
+
+from ript.evaluation.metrics import wilson_interval
+
+pytestmark = pytest.mark.sim
+
+CONFIG = {
+    "experiment": "e2e",
+    "tasks": [0],
+    "train_init_states": [0, 2],
+    "eval_init_states": [25, 27],
+    "max_episode_length": 150,
+    "num_parallel_envs": 2,
+    "rollouts_per_init": 2,
+    "expert_action_noise": 0.3,
+    "state_keys": ["state", "privileged_object_state", "privileged_object_relative"],
+    "max_state_dim": 64,
+    "chunk_size": 10,
+    "batch_size": 16,
+    "sft_steps": 20,
+    "train_steps": 10,
+    "checkpoint_every": 5,
+    "dynamic_sampling": False,
+    "cond_mode": ["concat"],
+    "alpha_uncond": [0.2],
+    "cfg_scale": [1.0, 2.0],
+    "device": "cpu",
+}
+
+
+def ok(*args):
+    result = run_ript(*args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_demos_to_evaluation(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(CONFIG))
+    c = ["--config", str(config), "--no-progress"]
+    demos, stats = tmp_path / "demos.h5", tmp_path / "norm_stats.json"
+    ok("collect", *c, "--policy", "expert", "--out", str(demos))
+    ok(
+        "norm-stats",
+        "--shards",
+        str(demos),
+        "--out",
+        str(stats),
+        "--state-keys",
+        *CONFIG["state_keys"],
+    )
+    out = ok(
+        "train",
+        *c,
+        "--mode",
+        "sft",
+        "--demos",
+        str(demos),
+        "--norm-stats",
+        str(stats),
+        "--out",
+        str(tmp_path / "base"),
+    )
+    base = tmp_path / "base/policy"
+    assert f"train: {base}" in out
+    rollouts = tmp_path / "rollouts.h5"
+    short = ["--set", "max_episode_length=30"]
+    ok("collect", *c, *short, "--policy", str(base), "--out", str(rollouts))
+    assert len(pd.read_parquet(tmp_path / "rollouts.index.parquet")) == 4  # 2 inits x K=2
+    labels = tmp_path / "labels.parquet"
+    out = ok(
+        "label", "--config", str(config), *short, "--rollouts", str(rollouts), "--out", str(labels)
+    )
+    assert "groups kept 2/2" in out
+    ok(
+        "train",
+        *c,
+        "--mode",
+        "cfg",
+        "--labels",
+        str(labels),
+        "--init",
+        str(base),
+        "--cond-mode",
+        "concat",
+        "--alpha-uncond",
+        "0.2",
+        "--out",
+        str(tmp_path / "cfg"),
+    )
+    metrics_csv = pd.read_csv(tmp_path / "cfg/metrics.csv")
+    assert metrics_csv["step"].tolist() == list(range(1, 11))
+    assert (metrics_csv["loss_uncond"] > 0).all()
+    for scale in (1.0, 2.0):
+        path = tmp_path / f"eval_{scale}.json"
+        out = ok(
+            "evaluate",
+            *c,
+            *short,
+            "--policy",
+            str(tmp_path / "cfg/policy"),
+            "--cfg-scale",
+            str(scale),
+            "--out",
+            str(path),
+        )
+        m = json.loads(path.read_text())
+        o = m["overall"]
+        assert o["n"] == 2 and 0 <= o["successes"] <= 2
+        assert (o["ci95_low"], o["ci95_high"]) == pytest.approx(
+            wilson_interval(o["successes"], o["n"])
+        )
+        s = m["settings"]
+        assert s["cfg_scale"] == scale and s["dual"] == (scale != 1.0)
+        assert s["cond_mode"] == "concat" and s["num_steps"] == 10 and s["seed"] == 0
+        assert s["training"]["alpha_uncond"] == 0.2 and s["training"]["mode"] == "cfg"
+        assert s["init_states"] == [25, 27]
+        assert m["inference"]["mean_ms_per_chunk"] > 0
+        assert f"evaluate: {path}: success" in out
