@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -79,6 +80,12 @@ def _parse_settings(settings: list[str]) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+        try:  # JSON first: YAML 1.1 reads 1e-10 as a string
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            pass
+        else:
+            continue
         try:
             out[key] = yaml.safe_load(value)
         except yaml.YAMLError as e:
@@ -230,6 +237,52 @@ def _run_evaluate(args: argparse.Namespace) -> None:
     )
 
 
+def _add_tables(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("tables", help="the sweep table (csv and markdown) from metrics.json files")
+    p.add_argument("--grid", nargs="+", required=True, help="metrics.json of the grid points")
+    p.add_argument("--base", required=True, help="metrics.json of the base policy")
+    p.add_argument("--csv", required=True, help="sweep.csv to write")
+    p.add_argument("--md", required=True, help="sweep.md to write")
+    p.set_defaults(run=_run_tables)
+
+
+def _run_tables(args: argparse.Namespace) -> None:
+    from ript.report.tables import write_tables
+
+    table = write_tables(args.grid, args.base, args.csv, args.md)
+    best = table[table["best"]].iloc[0]
+    print(
+        f"tables: {args.csv}: {len(table) - 1} grid points; best {best['cond_mode']} "
+        f"alpha_uncond={best['alpha_uncond']:g} cfg_scale={best['cfg_scale']:g}: "
+        f"{best['success_rate']:.3f} vs base {table.iloc[0]['success_rate']:.3f}"
+    )
+
+
+def _add_plots(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("plots", help="success vs cfg_scale, heatmap and training curves")
+    p.add_argument("--table", required=True, help="sweep.csv from `ript tables`")
+    p.add_argument(
+        "--train-metrics", nargs="+", default=[], metavar="NAME=CSV", help="training runs"
+    )
+    p.add_argument("--success-vs-cfg", required=True, help="png to write")
+    p.add_argument("--heatmap", required=True, help="png to write")
+    p.add_argument("--training-curves", required=True, help="png to write")
+    p.set_defaults(run=_run_plots)
+
+
+def _run_plots(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from ript.report.plots import heatmap, success_vs_cfg, training_curves
+
+    table = pd.read_csv(args.table, keep_default_na=False, na_values=[""])
+    success_vs_cfg(table, args.success_vs_cfg)
+    heatmap(table, args.heatmap)
+    runs = dict(item.split("=", 1) for item in args.train_metrics)
+    training_curves(runs, args.training_curves)
+    print(f"plots: {args.success_vs_cfg}, {args.heatmap}, {args.training_curves}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ript", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -239,6 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_label(sub)
     _add_train(sub)
     _add_evaluate(sub)
+    _add_tables(sub)
+    _add_plots(sub)
     return parser
 
 

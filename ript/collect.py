@@ -86,9 +86,18 @@ def load_rollout_policy(name: str, config: dict[str, Any], cfg_scale: float = 1.
         return ScriptedExpert(config["expert_action_noise"], config["expert_grasp_offset"])
     if not Path(name).is_dir():
         raise ValueError(f"--policy {name!r}: neither 'expert' nor a checkpoint directory")
-    from ript.models.policy import Policy
+    import torch
 
-    return Policy.from_pretrained(name, cfg_scale=cfg_scale)
+    from ript.models.policy import Policy, resolve_device
+
+    device = resolve_device(config["device"])
+    return Policy.from_pretrained(
+        name,
+        device=device,
+        dtype=torch.bfloat16 if device.type == "cuda" else torch.float32,
+        cfg_scale=cfg_scale,
+        compile=config["compile"],
+    )
 
 
 def make_pool(config: dict[str, Any], num_workers: int | None = None) -> EnvPool:

@@ -126,6 +126,32 @@ def _check_cross_keys(config: dict[str, Any], source: str) -> None:
         )
 
 
+def _number(value: Any, kind: str) -> Any:
+    if not isinstance(value, str):
+        return value
+    try:
+        return int(value) if kind == "integer" else float(value)
+    except ValueError:
+        return value  # left for validation to name
+
+
+def coerce_numbers(config: dict[str, Any]) -> dict[str, Any]:
+    """Numbers given as strings, as `snakemake --config cfg_scale=[1,1.5]` passes list items,
+    become numbers where the schema expects them; anything else is left for validation."""
+    properties = load_schema()["properties"]
+    out = dict(config)
+    for key, value in config.items():
+        spec = properties.get(key, {})
+        kinds = spec.get("type")
+        if kinds in ("number", "integer"):
+            out[key] = _number(value, kinds)
+        elif kinds == "array" and isinstance(value, list):
+            item = spec.get("items", {}).get("type")
+            if item in ("number", "integer"):
+                out[key] = [_number(v, item) for v in value]
+    return out
+
+
 def apply_env_overrides(config: dict[str, Any]) -> dict[str, Any]:
     config = dict(config)
     for var, (key, parse) in ENV_OVERRIDES.items():

@@ -70,3 +70,17 @@ def test_set_parses_yaml_values():
     }
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         _parse_settings(["tasks"])
+
+
+def test_numbers_from_the_snakemake_command_line_are_coerced():
+    from ript.config import coerce_numbers
+
+    raw = {"cfg_scale": ["1.0", "2"], "seed": "3", "alpha_uncond": [0.1], "suite": "libero_object"}
+    out = coerce_numbers(raw)
+    assert out == {
+        "cfg_scale": [1.0, 2.0],
+        "seed": 3,
+        "alpha_uncond": [0.1],
+        "suite": "libero_object",
+    }
+    assert coerce_numbers({"cfg_scale": ["big"]}) == {"cfg_scale": ["big"]}  # validation names it

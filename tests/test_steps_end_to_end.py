@@ -8,32 +8,21 @@ import pandas as pd
 import pytest
 import yaml
 from test_cli import run_ript
+from test_workflow import MICRO
 
 from ript.evaluation.metrics import wilson_interval
 
 pytestmark = pytest.mark.sim
 
-CONFIG = {
+# the workflow's micro config, with noisy demos and another condition mode
+CONFIG = MICRO | {
     "experiment": "e2e",
-    "tasks": [0],
-    "train_init_states": [0, 2],
-    "eval_init_states": [25, 27],
     "max_episode_length": 150,
     "num_parallel_envs": 2,
-    "rollouts_per_init": 2,
     "expert_action_noise": 0.3,
-    "state_keys": ["state", "privileged_object_state", "privileged_object_relative"],
-    "max_state_dim": 64,
-    "chunk_size": 10,
-    "batch_size": 16,
-    "sft_steps": 20,
-    "train_steps": 10,
     "checkpoint_every": 5,
-    "dynamic_sampling": False,
     "cond_mode": ["concat"],
     "alpha_uncond": [0.2],
-    "cfg_scale": [1.0, 2.0],
-    "device": "cpu",
 }
 
 
@@ -126,3 +115,27 @@ def test_demos_to_evaluation(tmp_path):
         assert s["init_states"] == [25, 27]
         assert m["inference"]["mean_ms_per_chunk"] > 0
         assert f"evaluate: {path}: success" in out
+
+
+def test_evaluate_the_scripted_expert(tmp_path):
+    path = tmp_path / "expert.json"
+    ok(
+        "evaluate",
+        "--policy",
+        "expert",
+        "--out",
+        str(path),
+        "--no-progress",
+        "--set",
+        "tasks=[0]",
+        "--set",
+        "eval_init_states=[25,27]",
+        "--set",
+        "max_episode_length=30",
+        "--shard",
+        str(tmp_path / "eval.h5"),
+    )
+    m = json.loads(path.read_text())
+    assert m["settings"]["policy_kind"] == "expert" and m["settings"]["cfg_scale"] is None
+    assert m["overall"]["n"] == 2 and m["inference"]["calls"] == 0
+    assert len(pd.read_parquet(tmp_path / "eval.index.parquet")) == 2

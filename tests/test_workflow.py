@@ -1,10 +1,14 @@
 """The Snakemake workflow, run for real on a micro config."""
 
+import json
 import subprocess
 from pathlib import Path
 
+import pandas as pd
 import pytest
+import yaml
 
+from ript.config import validate
 from ript.data.episode_store import read_index
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,20 +44,110 @@ def test_bad_config_fails_at_parse_time_naming_the_key(tmp_path):
     assert "invalid config" in output and "key 'num_steps_wait': -3" in output
 
 
+@pytest.mark.parametrize("config", sorted((ROOT / "config").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("target", ["all", "sweep"])
+def test_every_config_dry_runs(tmp_path, config, target):
+    settings = validate(yaml.safe_load(config.read_text()) | {"pretrained_path": None})
+    pretrained = yaml.safe_load(config.read_text()).get("pretrained_path")
+    args = [target, "-n", "--configfile", str(config)]
+    if pretrained:
+        missing = snakemake(tmp_path, *args)
+        assert missing.returncode != 0
+        errors = [line for line in missing.stderr.splitlines() if "pretrained_path" in line]
+        assert len(errors) == 1 and repr(pretrained) in errors[0], missing.stderr[-2000:]
+        (tmp_path / "pi0").mkdir()
+        args += ["--config", f"pretrained_path={tmp_path / 'pi0'}"]
+    result = snakemake(tmp_path, *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = job_counts(result.stdout)
+    grid = len(settings["cond_mode"]) * len(settings["alpha_uncond"])
+    assert jobs["train"] == grid and jobs["evaluate"] == grid * len(settings["cfg_scale"])
+    assert ("bootstrap" in jobs) == (not pretrained)
+
+
+MICRO = {
+    "experiment": "micro",
+    "tasks": [0],
+    "train_init_states": [0, 2],
+    "eval_init_states": [25, 27],
+    "max_episode_length": 120,
+    "num_parallel_envs": 1,
+    "rollouts_per_init": 2,
+    "collect_init_chunk": 1,
+    "state_keys": ["state", "privileged_object_state", "privileged_object_relative"],
+    "max_state_dim": 64,
+    "chunk_size": 10,
+    "batch_size": 16,
+    "sft_steps": 20,
+    "train_steps": 10,
+    "dynamic_sampling": False,
+    "cond_mode": ["bias"],
+    "alpha_uncond": [0.1],
+    "cfg_scale": [1.0, 2.0],
+    "device": "cpu",
+}
+
+
+def job_counts(dry_run_output: str) -> dict[str, int]:
+    """Job stats of a dry run: rule name -> count."""
+    lines = dry_run_output.split("Job stats:")[1].splitlines()[3:]
+    counts = {}
+    for line in lines:
+        parts = line.split()
+        if len(parts) != 2 or parts[0] == "total":
+            break
+        counts[parts[0]] = int(parts[1])
+    return counts
+
+
 @pytest.mark.sim
 def test_micro_config_end_to_end(tmp_path):
     micro = tmp_path / "micro.yaml"
-    micro.write_text(
-        "experiment: micro\ntasks: [0]\ntrain_init_states: [0, 2]\n"
-        "max_episode_length: 120\nnum_parallel_envs: 1\n"
-    )
-    result = snakemake(tmp_path, "all", "--cores", "2", "--configfile", str(micro))
+    micro.write_text(yaml.safe_dump(MICRO))
+    run = ["--cores", "2", "--configfile", str(micro)]
+    result = snakemake(tmp_path, "all", *run)
     assert result.returncode == 0, result.stderr[-3000:]
-    shard = tmp_path / "results/micro/demos/task0.h5"
-    index = read_index(shard)
+    res = tmp_path / "results/micro"
+    index = read_index(res / "demos/task0.h5")
     assert list(index["init_state_index"]) == [0, 1]
     assert index["success"].all()
-    assert (tmp_path / "results/micro/logs/demos/task0.log").is_file()
-    assert (tmp_path / "results/micro/benchmarks/demos/task0.tsv").is_file()
-    again = snakemake(tmp_path, "all", "--cores", "2", "--configfile", str(micro))
+    for name in ("logs/demos/task0.log", "benchmarks/demos/task0.tsv", "logs/bootstrap.log"):
+        assert (res / name).is_file(), name
+    assert sorted(p.name for p in (res / "rollouts").glob("*.h5")) == [
+        "task0_init0-1.h5",
+        "task0_init1-2.h5",
+    ]
+    # the table's numbers are the per-run metrics.json numbers
+    table = pd.read_csv(res / "tables/sweep.csv")
+    assert table["policy"].tolist() == ["base", "cfg", "cfg"]
+    for row in table.itertuples():
+        m = json.loads(
+            Path(row.metrics).read_text()
+            if Path(row.metrics).is_absolute()
+            else (tmp_path / row.metrics).read_text()
+        )
+        o = m["overall"]
+        assert (row.successes, row.n) == (o["successes"], o["n"])
+        assert row.success_rate == pytest.approx(o["success_rate"])
+        assert (row.ci95_low, row.ci95_high) == pytest.approx((o["ci95_low"], o["ci95_high"]))
+    assert table["best"].sum() == 1
+    assert "| **best** cfg |" in (res / "tables/sweep.md").read_text()
+    for plot in ("success_vs_cfg", "heatmap", "training_curves"):
+        assert (res / f"plots/{plot}.png").stat().st_size > 10_000, plot
+    report = snakemake(tmp_path, *run, "--report", str(res / "report.html"))
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert (res / "report.html").stat().st_size > 100_000
+    again = snakemake(tmp_path, "all", *run)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+    # one more cfg_scale: only its evaluation and the tables/plots run
+    more = snakemake(tmp_path, "all", "-n", *run, "--config", "cfg_scale=[1.0,2.0,3.0]")
+    assert job_counts(more.stdout) == {"all": 1, "evaluate": 1, "plots": 1, "tables": 1}
+    # a training key: retrain and re-evaluate the grid, nothing upstream
+    retrain = snakemake(tmp_path, "all", "-n", *run, "--config", "train_steps=12")
+    assert job_counts(retrain.stdout) == {
+        "all": 1,
+        "evaluate": 2,
+        "plots": 1,
+        "tables": 1,
+        "train": 1,
+    }

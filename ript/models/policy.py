@@ -312,6 +312,7 @@ class Policy:
         cond_mode: str | None = None,
         label_scheme: str | None = None,
         settings: PolicySettings | None = None,
+        compile: bool = False,
     ) -> Policy:
         """Load our checkpoint, or a stock PI0 one (`settings` then default to LIBERO's two
         cameras). `cond_mode`/`label_scheme` (default: the checkpoint's; bias/binary for
@@ -365,7 +366,17 @@ class Policy:
             settings,
             cfg_scale=cfg_scale,
             policy_id=f"{path.parent.name}/{path.name}(cfg_scale={cfg_scale:g})",
+            compile=compile,
         )
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' (CUDA when available), 'cpu' or 'cuda' (the config's `device`)."""
+    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise ValueError("device 'cuda' requested but torch sees no CUDA device")
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def new_policy(

@@ -42,7 +42,7 @@ from ript.collect import derive_seed
 from ript.data.dataset import ChunkDataset
 from ript.data.norm_stats import NormStats
 from ript.models.cfg_pi0 import UNCOND, positive_label
-from ript.models.policy import Policy, PolicySettings, new_policy
+from ript.models.policy import Policy, PolicySettings, new_policy, resolve_device
 from ript.rl.label import read_labels
 
 log = logging.getLogger(__name__)
@@ -132,15 +132,12 @@ def setup_distributed(device: str) -> tuple[int, int, torch.device]:
             RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
         )
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    if use_cuda:
-        local = int(os.environ.get("LOCAL_RANK", 0))
-        torch.cuda.set_device(local)
-        dev = torch.device("cuda", local)
-    else:
-        dev = torch.device("cpu")
+    if resolve_device(device).type == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    dev = resolve_device(device)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo", rank=rank, world_size=world)
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        dist.init_process_group(backend, rank=rank, world_size=world)
     return rank, world, dev
 
 

@@ -1,19 +1,25 @@
-# Config validation and the helpers every rule uses.
+# Config validation, the grid and the helpers every rule uses.
+import json
 import shlex
+from pathlib import Path
 
-import yaml
-
-from ript.config import ConfigError, apply_env_overrides, validate
+from ript.config import ConfigError, apply_env_overrides, coerce_numbers, validate
 
 try:
     source = f"config ({', '.join(map(str, workflow.configfiles))} with --config overrides)"
-    config.update(validate(apply_env_overrides(config), source=source))
+    config.update(validate(coerce_numbers(apply_env_overrides(config)), source=source))
 except ConfigError as error:
     raise WorkflowError(f"invalid config: {error}") from None
 
 RESULTS = f"results/{config['experiment']}"
 # Conda environment for all jobs (with --use-conda), installing the same package as pip.
 ENV = "../../environment.yml"
+GPUS = 1 if config["device"] == "cuda" else 0
+
+
+def num(value):
+    """The one spelling of a float in paths and wildcards: 0.1, 1, 1.5, 1e-05."""
+    return f"{float(value):g}"
 
 
 def settings(keys, **fixed):
@@ -24,13 +30,9 @@ def settings(keys, **fixed):
     """
     values = {key: config[key] for key in keys} | fixed
     return " ".join(
-        f"--set {shlex.quote(f'{key}={yaml.safe_dump(value, default_flow_style=True).strip()}')}"
+        f"--set {shlex.quote(f'{key}={json.dumps(value)}')}"
         for key, value in values.items()
     )
-
-
-def demo_shards():
-    return expand(f"{RESULTS}/demos/task{{task}}.h5", task=config["tasks"])
 
 
 # Keys that decide how an episode is simulated.
@@ -39,3 +41,66 @@ ENV_KEYS = [
     "max_episode_length", "replan_steps", "use_init_states", "train_init_states",
     "eval_init_states", "env_create_retries", "worker_timeout_s", "seed",
 ]
+# Keys that decide a fresh model and how it reads observations.
+MODEL_KEYS = [
+    "preset", "state_keys", "camera_keys", "chunk_size", "max_state_dim", "max_action_dim",
+    "normalization", "num_inference_steps", "label_scheme", "seed",
+]
+# Keys of the optimisation, shared by the SFT bootstrap and CFG training.
+OPTIM_KEYS = [
+    "batch_size", "warmup_steps", "final_lr_ratio", "weight_decay", "adam_betas",
+    "grad_clip_norm", "ema_decay", "p_uncond", "checkpoint_every", "max_nonfinite_steps",
+    "device", "seed",
+]
+LABEL_KEYS = [
+    "suite", "max_episode_length", "reward", "weight_mode", "advantage_normalization",
+    "advantage_temperature", "advantage_clip_quantile", "label_granularity", "window_size",
+    "label_discount", "dynamic_sampling", "rollouts_per_init",
+]
+
+# The grid: training per (cond_mode, alpha_uncond), evaluation also per cfg_scale.
+COND_MODES = config["cond_mode"]
+ALPHAS = [num(a) for a in config["alpha_uncond"]]
+CFG_SCALES = [num(c) for c in config["cfg_scale"]]
+
+
+def demo_shards():
+    return expand(f"{RESULTS}/demos/task{{task}}.h5", task=config["tasks"])
+
+
+def init_chunks():
+    start, stop = config["train_init_states"]
+    step = config["collect_init_chunk"]
+    return [(a, min(a + step, stop)) for a in range(start, stop, step)]
+
+
+def rollout_shards():
+    return [
+        f"{RESULTS}/rollouts/task{task}_init{a}-{b}.h5"
+        for task in config["tasks"]
+        for a, b in init_chunks()
+    ]
+
+
+def base_policy():
+    """The policy that collects the rollouts and starts CFG training."""
+    return config["pretrained_path"] or f"{RESULTS}/base/policy"
+
+
+def run_name(cond_mode, alpha):
+    return f"{cond_mode}_a{alpha}"
+
+
+def grid_metrics():
+    return expand(
+        f"{RESULTS}/eval/{{cond_mode}}_a{{alpha}}/cfg{{cfg}}/metrics.json",
+        cond_mode=COND_MODES,
+        alpha=ALPHAS,
+        cfg=CFG_SCALES,
+    )
+
+
+def train_metrics():
+    return expand(
+        f"{RESULTS}/train/{{cond_mode}}_a{{alpha}}/metrics.csv", cond_mode=COND_MODES, alpha=ALPHAS
+    )

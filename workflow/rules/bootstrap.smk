@@ -1,0 +1,27 @@
+# The base policy: SFT on the expert demonstrations (skipped when pretrained_path is set).
+
+
+rule bootstrap:
+    input:
+        demos=demo_shards(),
+        norm_stats=f"{RESULTS}/norm_stats.json",
+    output:
+        policy=directory(f"{RESULTS}/base/policy"),
+        metrics=f"{RESULTS}/base/metrics.csv",
+    params:
+        settings=settings(
+            MODEL_KEYS + OPTIM_KEYS + ["sft_steps", "sft_learning_rate", "sft_only_successful"]
+        ),
+        out=lambda wildcards, output: str(Path(output.metrics).parent),
+    log:
+        f"{RESULTS}/logs/bootstrap.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/bootstrap.tsv"
+    threads: 2
+    resources:
+        gpu=GPUS,
+    conda:
+        ENV
+    shell:
+        "ript train --mode sft --demos {input.demos} --norm-stats {input.norm_stats} "
+        "{params.settings} --out {params.out} --no-progress > {log} 2>&1"

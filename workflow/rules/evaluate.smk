@@ -1,0 +1,47 @@
+# Success on the evaluation init states: every grid point at every cfg_scale, and the base.
+
+EVAL_KEYS = ENV_KEYS + [
+    "tasks", "eval_rollouts_per_init", "num_parallel_envs", "compile", "device",
+]
+
+
+rule evaluate:
+    input:
+        policy=f"{RESULTS}/train/{{cond_mode}}_a{{alpha}}/policy",
+    output:
+        f"{RESULTS}/eval/{{cond_mode}}_a{{alpha}}/cfg{{cfg}}/metrics.json",
+    params:
+        settings=settings(EVAL_KEYS),
+    log:
+        f"{RESULTS}/logs/eval/{{cond_mode}}_a{{alpha}}_cfg{{cfg}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/eval/{{cond_mode}}_a{{alpha}}_cfg{{cfg}}.tsv"
+    threads: config["num_parallel_envs"]
+    resources:
+        gpu=GPUS,
+    conda:
+        ENV
+    shell:
+        "ript evaluate --policy {input.policy} --cfg-scale {wildcards.cfg} {params.settings} "
+        "--out {output} --no-progress > {log} 2>&1"
+
+
+rule evaluate_base:
+    input:
+        policy=base_policy(),
+    output:
+        f"{RESULTS}/eval/base/metrics.json",
+    params:
+        settings=settings(EVAL_KEYS),
+    log:
+        f"{RESULTS}/logs/eval/base.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/eval/base.tsv"
+    threads: config["num_parallel_envs"]
+    resources:
+        gpu=GPUS,
+    conda:
+        ENV
+    shell:
+        "ript evaluate --policy {input.policy} --cfg-scale 1 {params.settings} --out {output} "
+        "--no-progress > {log} 2>&1"

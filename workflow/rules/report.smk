@@ -1,0 +1,53 @@
+# The sweep table and the plots users read (and `snakemake --report` renders).
+
+
+rule tables:
+    input:
+        grid=grid_metrics(),
+        base=f"{RESULTS}/eval/base/metrics.json",
+    output:
+        csv=report(
+            f"{RESULTS}/tables/sweep.csv",
+            caption="../report/sweep.rst",
+            category="Tables",
+        ),
+        md=f"{RESULTS}/tables/sweep.md",
+    log:
+        f"{RESULTS}/logs/tables.log",
+    conda:
+        ENV
+    shell:
+        "ript tables --grid {input.grid} --base {input.base} --csv {output.csv} "
+        "--md {output.md} > {log} 2>&1"
+
+
+rule plots:
+    input:
+        table=f"{RESULTS}/tables/sweep.csv",
+        train=train_metrics(),
+    output:
+        success=report(
+            f"{RESULTS}/plots/success_vs_cfg.png",
+            caption="../report/success_vs_cfg.rst",
+            category="Plots",
+        ),
+        heatmap=report(
+            f"{RESULTS}/plots/heatmap.png", caption="../report/heatmap.rst", category="Plots"
+        ),
+        curves=report(
+            f"{RESULTS}/plots/training_curves.png",
+            caption="../report/training_curves.rst",
+            category="Plots",
+        ),
+    params:
+        runs=lambda wildcards, input: " ".join(
+            f"{Path(m).parent.name}={m}" for m in input.train
+        ),
+    log:
+        f"{RESULTS}/logs/plots.log",
+    conda:
+        ENV
+    shell:
+        "ript plots --table {input.table} --train-metrics {params.runs} "
+        "--success-vs-cfg {output.success} --heatmap {output.heatmap} "
+        "--training-curves {output.curves} > {log} 2>&1"

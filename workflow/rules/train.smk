@@ -1,0 +1,28 @@
+# CFG post-training per (cond_mode, alpha_uncond); cfg_scale never enters training.
+
+
+rule train:
+    input:
+        labels=f"{RESULTS}/labels.parquet",
+        base=base_policy(),
+    output:
+        policy=directory(f"{RESULTS}/train/{{cond_mode}}_a{{alpha}}/policy"),
+        metrics=f"{RESULTS}/train/{{cond_mode}}_a{{alpha}}/metrics.csv",
+    params:
+        settings=settings(
+            MODEL_KEYS + OPTIM_KEYS + ["train_steps", "learning_rate", "state_keys"]
+        ),
+        out=lambda wildcards, output: str(Path(output.metrics).parent),
+    log:
+        f"{RESULTS}/logs/train/{{cond_mode}}_a{{alpha}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train/{{cond_mode}}_a{{alpha}}.tsv"
+    threads: 2
+    resources:
+        gpu=GPUS,
+    conda:
+        ENV
+    shell:
+        "ript train --mode cfg --labels {input.labels} --init {input.base} "
+        "--cond-mode {wildcards.cond_mode} --alpha-uncond {wildcards.alpha} "
+        "{params.settings} --out {params.out} --no-progress > {log} 2>&1"
