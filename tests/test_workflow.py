@@ -53,8 +53,9 @@ def test_every_config_dry_runs(tmp_path, config, target):
     if pretrained:
         missing = snakemake(tmp_path, *args)
         assert missing.returncode != 0
-        errors = [line for line in missing.stderr.splitlines() if "pretrained_path" in line]
-        assert len(errors) == 1 and repr(pretrained) in errors[0], missing.stderr[-2000:]
+        output = missing.stdout + missing.stderr
+        errors = [line for line in output.splitlines() if "pretrained_path" in line]
+        assert len(errors) == 1 and repr(pretrained) in errors[0], output[-2000:]
         (tmp_path / "pi0").mkdir()
         args += ["--config", f"pretrained_path={tmp_path / 'pi0'}"]
     result = snakemake(tmp_path, *args)

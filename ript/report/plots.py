@@ -93,7 +93,6 @@ def training_curves(runs: dict[str, str | Path], out: str | Path, window: int = 
     ):
         ax.set_title(title)
         ax.set_xlabel("step")
-        ax.set_yscale("log")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("flow-matching loss")
     axes[1].legend(fontsize=7)
