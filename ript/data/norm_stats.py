@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from pathlib import Path
 
 import numpy as np
+
+from ript.files import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +66,7 @@ class NormStats:
     def save(self, path: str | Path) -> None:
         path = Path(path)
         payload = {"norm_stats": {"state": self.state.to_json(), "actions": self.actions.to_json()}}
-        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(payload, indent=2))
-        os.replace(tmp, path)
+        write_text_atomic(path, json.dumps(payload, indent=2))
 
     @classmethod
     def load(cls, path: str | Path) -> NormStats:

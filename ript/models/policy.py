@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from transformers import PI0Config, PreTrainedTokenizerBase
 
 from ript.data.norm_stats import MODES, NormStats
+from ript.files import write_text_atomic
 from ript.models.cfg_pi0 import CFGPI0Config, CFGPI0ForConditionalGeneration
 from ript.models.graphs import GraphedSampler
 from ript.models.presets import num_image_tokens
@@ -297,9 +298,9 @@ class Policy:
         self.model.save_pretrained(path)
         self.tokenizer.save_pretrained(path)
         self.norm_stats.save(path / NORM_STATS_FILE)
-        tmp = path / f"{POLICY_FILE}.tmp-{os.getpid()}"
-        tmp.write_text(json.dumps(dataclasses.asdict(self.settings), indent=2))
-        os.replace(tmp, path / POLICY_FILE)
+        write_text_atomic(
+            path / POLICY_FILE, json.dumps(dataclasses.asdict(self.settings), indent=2)
+        )
 
     @classmethod
     def from_pretrained(

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from ript.evaluation.metrics import wilson_interval
+from ript.files import write_text_atomic
 
 KEY_COLUMNS = ["policy", "cond_mode", "alpha_uncond", "cfg_scale"]
 
@@ -131,7 +131,5 @@ def write_tables(
     table = sweep_table(grid, base)
     for out, text in ((Path(csv_out), table.to_csv(index=False)), (Path(md_out), markdown(table))):
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
-        tmp.write_text(text)
-        os.replace(tmp, out)
+        write_text_atomic(out, text)
     return table
