@@ -86,15 +86,13 @@ def load_rollout_policy(name: str, config: dict[str, Any], cfg_scale: float = 1.
         return ScriptedExpert(config["expert_action_noise"], config["expert_grasp_offset"])
     if not Path(name).is_dir():
         raise ValueError(f"--policy {name!r}: neither 'expert' nor a checkpoint directory")
-    import torch
-
-    from ript.models.policy import Policy, resolve_device
+    from ript.models.policy import Policy, default_dtype, resolve_device
 
     device = resolve_device(config["device"])
     return Policy.from_pretrained(
         name,
         device=device,
-        dtype=torch.bfloat16 if device.type == "cuda" else torch.float32,
+        dtype=default_dtype(device),
         cfg_scale=cfg_scale,
         compile=config["compile"],
     )
@@ -140,6 +138,31 @@ def summary_line(stats: RolloutStats) -> str:
     )
 
 
+def run_rollouts(
+    config: dict[str, Any],
+    policy: RolloutPolicy,
+    *,
+    init_states: tuple[int, int],
+    rollouts_per_init: int,
+    n_video: int = 0,
+    progress: bool = True,
+    desc: str = "rollouts",
+) -> tuple[list[Episode], RolloutStats]:
+    """K rollouts of `policy` per init state of the configured tasks, on a fresh env pool."""
+    specs = episode_specs(
+        suite=config["suite"],
+        tasks=config["tasks"],
+        init_states=init_states,
+        rollouts_per_init=rollouts_per_init,
+        seed=config["seed"],
+        use_init_states=config["use_init_states"],
+        n_video=n_video,
+    )
+    with make_pool(config) as pool:
+        episodes = pool.run(specs, policy, progress=progress, desc=desc)
+        return episodes, pool.stats
+
+
 def collect(
     config: dict[str, Any],
     *,
@@ -156,18 +179,15 @@ def collect(
     if rollouts_per_init is not None and rollouts_per_init < 1:
         raise ValueError(f"--rollouts-per-init {rollouts_per_init}: expected >= 1")
     policy = load_rollout_policy(policy_name, config, cfg_scale)
-    specs = episode_specs(
-        suite=config["suite"],
-        tasks=config["tasks"],
+    episodes, stats = run_rollouts(
+        config,
+        policy,
         init_states=parse_init_states(init_states, config),
         rollouts_per_init=rollouts_per_init or config["rollouts_per_init"],
-        seed=config["seed"],
-        use_init_states=config["use_init_states"],
         n_video=config["n_video"],
+        progress=progress,
+        desc=f"collect {out.name}",
     )
-    with make_pool(config) as pool:
-        episodes = pool.run(specs, policy, progress=progress, desc=f"collect {out.name}")
-        stats = pool.stats
     write_shard(out, episodes, policy_id=policy.policy_id)
     video_dir = Path(config["video_dir"]) if config["video_dir"] else out.parent / "videos"
     for ep in episodes:

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ript.collect import episode_specs, load_rollout_policy, make_pool, parse_init_states
+from ript.collect import load_rollout_policy, parse_init_states, run_rollouts
 from ript.data.episode_store import write_shard
 from ript.envs.pool import Episode
 from ript.evaluation.metrics import success_summary
@@ -69,19 +69,14 @@ def evaluate(
 ) -> dict[str, Any]:
     """Run the evaluation and write metrics.json to `out`."""
     policy = load_rollout_policy(policy_name, config, cfg_scale)
-    specs = episode_specs(
-        suite=config["suite"],
-        tasks=config["tasks"],
+    episodes, stats = run_rollouts(
+        config,
+        policy,
         init_states=parse_init_states(init_states, config),
         rollouts_per_init=config["eval_rollouts_per_init"],
-        seed=config["seed"],
-        use_init_states=config["use_init_states"],
+        progress=progress,
+        desc=f"evaluate {Path(out).parent.name}",
     )
-    with make_pool(config) as pool:
-        episodes = pool.run(
-            specs, policy, progress=progress, desc=f"evaluate {Path(out).parent.name}"
-        )
-        stats = pool.stats
     calls = getattr(policy, "inference_calls", 0)
     seconds = getattr(policy, "inference_seconds", 0.0)
     chunks = getattr(policy, "inference_chunks", 0)

@@ -380,6 +380,11 @@ def resolve_device(name: str) -> torch.device:
     return torch.device("cpu")
 
 
+def default_dtype(device: torch.device) -> torch.dtype:
+    """bf16 weights on CUDA (pi0 full fine-tuning fits an H200 only so), fp32 elsewhere."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
 def new_policy(
     preset: str,
     norm_stats: NormStats,

@@ -30,7 +30,7 @@ from ript.rl.advantages import (
     spans,
 )
 
-LABEL_COLUMNS = [
+EPISODE_COLUMNS = [  # copied from the episode index
     "shard",
     "demo",
     "episode_index",
@@ -39,14 +39,9 @@ LABEL_COLUMNS = [
     "init_state_index",
     "rollout_index",
     "length",
-    "step_start",
-    "step_stop",
-    "reward",
-    "episode_advantage",
-    "advantage",
-    "w_pos",
-    "is_positive",
 ]
+SPAN_COLUMNS = ["step_start", "step_stop", "reward", "episode_advantage", "advantage"]
+LABEL_COLUMNS = EPISODE_COLUMNS + SPAN_COLUMNS + ["w_pos", "is_positive"]
 METADATA_KEY = b"ript_label_summary"
 
 
@@ -106,7 +101,7 @@ def label_rollouts(
         for start, stop in spans(length, config["label_granularity"], config["window_size"]):
             rows.append(
                 {
-                    **{k: ep[k] for k in LABEL_COLUMNS[:8]},
+                    **{k: ep[k] for k in EPISODE_COLUMNS},
                     "step_start": start,
                     "step_stop": stop,
                     "reward": rewards[i],
@@ -120,7 +115,7 @@ def label_rollouts(
                     ),
                 }
             )
-    table = pd.DataFrame(rows, columns=LABEL_COLUMNS[:-2])
+    table = pd.DataFrame(rows, columns=EPISODE_COLUMNS + SPAN_COLUMNS)
     table["w_pos"] = positive_weights(
         table["advantage"].to_numpy(),
         config["weight_mode"],

@@ -42,7 +42,13 @@ from ript.collect import derive_seed
 from ript.data.dataset import ChunkDataset
 from ript.data.norm_stats import NormStats
 from ript.models.cfg_pi0 import UNCOND, positive_label
-from ript.models.policy import Policy, PolicySettings, new_policy, resolve_device
+from ript.models.policy import (
+    Policy,
+    PolicySettings,
+    default_dtype,
+    new_policy,
+    resolve_device,
+)
 from ript.rl.label import read_labels
 
 log = logging.getLogger(__name__)
@@ -104,13 +110,13 @@ def cfg_samples(labels_path: str, config: dict[str, Any]) -> TrainSamples:
         key: group.sort_values("step_start")
         for key, group in table.groupby(["shard", "demo"], sort=False)
     }
-    w_pos = np.zeros(len(dataset))
-    positive = np.zeros(len(dataset), dtype=bool)
-    for row, (e, t) in enumerate(dataset.index):
-        rows = spans[dataset.episodes[e].source]
-        span = rows.iloc[int(np.searchsorted(rows["step_start"].to_numpy(), t, "right")) - 1]
-        w_pos[row], positive[row] = span["w_pos"], span["is_positive"]
-    return TrainSamples(dataset, w_pos, positive)
+    w_pos, positive = [], []
+    for ep in dataset.episodes:  # dataset.index lists each episode's steps in order
+        rows = spans[ep.source]
+        span = np.searchsorted(rows["step_start"].to_numpy(), np.arange(len(ep.actions)), "right")
+        w_pos.append(rows["w_pos"].to_numpy()[span - 1])
+        positive.append(rows["is_positive"].to_numpy()[span - 1])
+    return TrainSamples(dataset, np.concatenate(w_pos), np.concatenate(positive).astype(bool))
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int, final_ratio: float) -> float:
@@ -132,9 +138,10 @@ def setup_distributed(device: str) -> tuple[int, int, torch.device]:
             RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
         )
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    if resolve_device(device).type == "cuda":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     dev = resolve_device(device)
+    if dev.type == "cuda":
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(dev)
     if not dist.is_initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"
         dist.init_process_group(backend, rank=rank, world_size=world)
@@ -432,18 +439,17 @@ def build_policy(
     device: torch.device,
 ) -> Policy:
     """The policy a run starts from: `init` (a checkpoint) or a fresh preset model."""
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtype = default_dtype(device)
+    if mode == "cfg" and norm_stats is not None:
+        raise ValueError("--norm-stats: a CFG run keeps the base checkpoint's norm stats")
     if init is not None:
-        policy = Policy.from_pretrained(
+        return Policy.from_pretrained(
             init,
             device=device,
             dtype=dtype,
             cond_mode=cond_mode,
             label_scheme=config["label_scheme"],
         )
-        if mode == "cfg" and norm_stats is not None:
-            raise ValueError("--norm-stats: a CFG run keeps the base checkpoint's norm stats")
-        return policy
     if mode == "cfg":
         raise ValueError("--init: CFG training starts from a base checkpoint")
     if norm_stats is None:
