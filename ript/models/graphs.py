@@ -7,7 +7,11 @@ The model's sampling path makes no host-device synchronisation, so it captures a
 With `compile=True` the Gemma stacks switch to grouped-query attention without repeated KV
 heads (`ript.models.attention`; cuDNN's SDPA kernel alone took half of a denoising step)
 and, with SigLIP, are compiled as whole modules (per-layer compilation recompiles on every
-layer's KV-cache guards), which fuses their elementwise kernels before capture. Off CUDA the
+layer's KV-cache guards), which fuses their elementwise kernels before capture. They are
+compiled with inductor's freezing: the weights become constants, so the q/k/v and the
+gate/up projections sharing an input are concatenated into one matmul each (7 -> 4 GEMMs
+per layer). Frozen weights are why a model is compiled for sampling only after its weights
+are final (`ript evaluate` / `ript collect` load a checkpoint, then sample). Off CUDA the
 sampler simply calls the model.
 """
 
@@ -32,13 +36,13 @@ class _Captured:
 
 def compile_for_sampling(model: CFGPI0ForConditionalGeneration) -> None:
     """Switch both Gemma stacks to grouped attention, then compile them and SigLIP in place
-    (static shapes)."""
+    (static shapes, frozen weights: the compilation happens at the first no-grad call)."""
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     vlm = model.model.vlm
     for gemma in (model.model.dit, vlm.language_model):
         gemma.set_attn_implementation(GROUPED_ATTENTION)
     for module in (model.model.dit, vlm.language_model, vlm.vision_tower):
-        module.compile(dynamic=False)
+        module.compile(dynamic=False, options={"freezing": True})
 
 
 class GraphedSampler:
