@@ -182,7 +182,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--alpha-uncond", type=float, help="unconditional loss weight (default: config's first)"
     )
-    p.add_argument("--resume", action="store_true", help="continue from OUT's last checkpoint")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from OUT's last checkpoint if written with the same settings and inputs",
+    )
 
 
 def _run_train(args: argparse.Namespace) -> None:

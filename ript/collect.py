@@ -101,6 +101,7 @@ def load_rollout_policy(name: str, config: dict[str, Any], cfg_scale: float = 1.
         dtype=default_dtype(device),
         cfg_scale=cfg_scale,
         compile=config["compile"],
+        tokenizer_path=config["tokenizer_path"],
     )
 
 

@@ -6,6 +6,7 @@ override the matching keys, and say so in the log.
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 from importlib.resources import files
@@ -16,6 +17,7 @@ import jsonschema
 import yaml
 
 from ript.envs.suites import NUM_FIXED_INIT_STATES, SUITE_NUM_TASKS
+from ript.models.tokenizer import TOKENIZER_FILES, has_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +33,9 @@ ENV_OVERRIDES: dict[str, tuple[str, Any]] = {
     "PI0_VIDEO_DIR": ("video_dir", str),
     "PI0_RENDER_SOURCE": ("render_source", str),
 }
+
+
+CHECKPOINT_FILES = ("config.json", "model.safetensors", "norm_stats.json")
 
 
 class ConfigError(ValueError):
@@ -71,7 +76,13 @@ def _describe(error: jsonschema.ValidationError, source: str) -> str:
     if error.validator == "additionalProperties":
         allowed = sorted(error.schema["properties"])
         unknown = sorted(set(error.instance) - set(allowed))
-        return f"{source}: unknown key(s) {unknown}; allowed keys: {allowed}"
+        hints = [
+            f"{key!r} -> {close[0]!r}?"
+            for key in unknown
+            if (close := difflib.get_close_matches(key, allowed, n=1))
+        ]
+        hint = f" (did you mean {', '.join(hints)})" if hints else ""
+        return f"{source}: unknown key(s) {unknown}{hint}; allowed keys: {allowed}"
     return f"{source}: key '{path}': {error.message}"
 
 
@@ -112,17 +123,40 @@ def _check_cross_keys(config: dict[str, Any], source: str) -> None:
         raise ConfigError(
             f"{source}: key 'state_keys': {privileged} need privileged_object_state: true"
         )
-    path = config["pretrained_path"]
-    if path is not None and not Path(path).is_dir():
+    _check_checkpoint_paths(config, source)
+    if config["n_video"] > 0 and config["render_source"] == "obs" and not config["cameras"]:
+        raise ConfigError(
+            f"{source}: key 'render_source': 'obs' takes video frames from the camera "
+            "observation but 'cameras' is false; set render_source: render (or cameras: true)"
+        )
+
+
+def _check_checkpoint_paths(config: dict[str, Any], source: str) -> None:
+    """A pretrained base must be a complete local checkpoint before any job starts."""
+    path, tokenizer = config["pretrained_path"], config["tokenizer_path"]
+    if tokenizer is not None and not has_tokenizer(tokenizer):
+        raise ConfigError(
+            f"{source}: key 'tokenizer_path': {tokenizer!r} holds no tokenizer; expected a "
+            f"directory with one of {', '.join(TOKENIZER_FILES)}"
+        )
+    if path is None:
+        return
+    if not Path(path).is_dir():
         raise ConfigError(
             f"{source}: key 'pretrained_path': {path!r} is not a directory; expected a local "
             "checkpoint (ours or a stock PI0 save_pretrained directory), or null to bootstrap "
             "a base policy from expert demonstrations"
         )
-    if config["n_video"] > 0 and config["render_source"] == "obs" and not config["cameras"]:
+    missing = [name for name in CHECKPOINT_FILES if not (Path(path) / name).is_file()]
+    if missing:
         raise ConfigError(
-            f"{source}: key 'render_source': 'obs' takes video frames from the camera "
-            "observation but 'cameras' is false; set render_source: render (or cameras: true)"
+            f"{source}: key 'pretrained_path': {path!r} lacks {missing}; a base checkpoint "
+            f"holds {', '.join(CHECKPOINT_FILES)} (norm stats in openpi's format)"
+        )
+    if tokenizer is None and not has_tokenizer(path):
+        raise ConfigError(
+            f"{source}: key 'pretrained_path': {path!r} holds no tokenizer (one of "
+            f"{', '.join(TOKENIZER_FILES)}); copy PaliGemma's tokenizer in or set tokenizer_path"
         )
 
 

@@ -7,21 +7,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from micro import ROOT, job_counts, snakemake
 
 from ript.config import validate
 from ript.data.episode_store import read_index
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def snakemake(workdir, *args):
-    return subprocess.run(
-        ["snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(workdir), *args],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        stdin=subprocess.DEVNULL,
-    )
 
 
 def test_lint_is_clean():
@@ -57,6 +46,8 @@ def test_every_config_dry_runs(tmp_path, config, target):
         errors = [line for line in output.splitlines() if "pretrained_path" in line]
         assert len(errors) == 1 and repr(pretrained) in errors[0], output[-2000:]
         (tmp_path / "pi0").mkdir()
+        for name in ("config.json", "model.safetensors", "norm_stats.json", "tokenizer.json"):
+            (tmp_path / "pi0" / name).write_text("{}")
         args += ["--config", f"pretrained_path={tmp_path / 'pi0'}"]
     result = snakemake(tmp_path, *args)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -66,48 +57,10 @@ def test_every_config_dry_runs(tmp_path, config, target):
     assert ("bootstrap" in jobs) == (not pretrained)
 
 
-MICRO = {
-    "experiment": "micro",
-    "tasks": [0],
-    "train_init_states": [0, 2],
-    "eval_init_states": [25, 27],
-    "max_episode_length": 120,
-    "num_parallel_envs": 1,
-    "rollouts_per_init": 2,
-    "collect_init_chunk": 1,
-    "state_keys": ["state", "privileged_object_state", "privileged_object_relative"],
-    "max_state_dim": 64,
-    "chunk_size": 10,
-    "batch_size": 16,
-    "sft_steps": 20,
-    "train_steps": 10,
-    "dynamic_sampling": False,
-    "cond_mode": ["bias"],
-    "alpha_uncond": [0.1],
-    "cfg_scale": [1.0, 2.0],
-    "device": "cpu",
-}
-
-
-def job_counts(dry_run_output: str) -> dict[str, int]:
-    """Job stats of a dry run: rule name -> count."""
-    lines = dry_run_output.split("Job stats:")[1].splitlines()[3:]
-    counts = {}
-    for line in lines:
-        parts = line.split()
-        if len(parts) != 2 or parts[0] == "total":
-            break
-        counts[parts[0]] = int(parts[1])
-    return counts
-
-
 @pytest.mark.sim
-def test_micro_config_end_to_end(tmp_path):
-    micro = tmp_path / "micro.yaml"
-    micro.write_text(yaml.safe_dump(MICRO))
-    run = ["--cores", "2", "--configfile", str(micro)]
-    result = snakemake(tmp_path, "all", *run)
-    assert result.returncode == 0, result.stderr[-3000:]
+def test_micro_config_end_to_end(micro_run):
+    tmp_path = micro_run
+    run = ["--cores", "2", "--configfile", str(tmp_path / "micro.yaml")]
     res = tmp_path / "results/micro"
     index = read_index(res / "demos/task0.h5")
     assert list(index["init_state_index"]) == [0, 1]

@@ -265,10 +265,14 @@ class EpisodeReader:
             return str(json.loads(info).get("language_instruction", ""))
         return ""
 
+    def attributes(self, demo: str) -> dict[str, Any]:
+        """The episode's attributes (task, init state, success, ...) without its arrays."""
+        return {k: _plain(v) for k, v in self._file["data"][demo].attrs.items()}
+
     def read(self, demo: str) -> StoredEpisode:
         try:
             group = self._file["data"][demo]
-            attrs = {k: _plain(v) for k, v in group.attrs.items()}
+            attrs = self.attributes(demo)
             attrs.setdefault("language", self._language(group))
             obs = {k: np.asarray(v) for k, v in group["obs"].items()}
             if not self.flipped:
@@ -302,6 +306,18 @@ def _plain(value: Any) -> Any:
     return value
 
 
+# index column -> per-episode attribute of the shard that must agree with it
+INDEX_CHECKED_ATTRS = {
+    "episode_index": "episode_index",
+    "task_id": "task_id",
+    "init_state_index": "init_state_index",
+    "rollout_index": "rollout_index",
+    "group_id": "group_id",
+    "success": "success",
+    "length": "episode_length",
+}
+
+
 def read_index(shard: str | Path) -> pd.DataFrame:
     """The parquet index beside a shard, checked against the shard's episode count."""
     shard = Path(shard)
@@ -320,4 +336,16 @@ def read_index(shard: str | Path) -> pd.DataFrame:
             raise EpisodeFileError(
                 f"{path}: index lists {len(index)} episodes but {shard} holds {len(reader)}"
             )
+        demos = set(reader.demos)
+        for row in index.itertuples():
+            if row.demo not in demos:
+                raise EpisodeFileError(f"{path}: index lists {row.demo}, which {shard} lacks")
+            attrs = reader.attributes(row.demo)
+            for column, attr in INDEX_CHECKED_ATTRS.items():
+                if attr in attrs and attrs[attr] != getattr(row, column):
+                    raise EpisodeFileError(
+                        f"{path}: {row.demo} {column}={getattr(row, column)!r} in the index "
+                        f"but {attrs[attr]!r} in {shard}; the index does not belong to "
+                        "this shard (remove both and regenerate them)"
+                    )
     return index

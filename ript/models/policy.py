@@ -32,7 +32,7 @@ from ript.files import write_text_atomic
 from ript.models.cfg_pi0 import CFGPI0Config, CFGPI0ForConditionalGeneration
 from ript.models.graphs import GraphedSampler
 from ript.models.presets import num_image_tokens
-from ript.models.tokenizer import load_tokenizer
+from ript.models.tokenizer import has_tokenizer, load_tokenizer
 
 log = logging.getLogger(__name__)
 POLICY_FILE = "policy.json"
@@ -314,12 +314,14 @@ class Policy:
         label_scheme: str | None = None,
         settings: PolicySettings | None = None,
         compile: bool = False,
+        tokenizer_path: str | Path | None = None,
     ) -> Policy:
         """Load our checkpoint, or a stock PI0 one (`settings` then default to LIBERO's two
         cameras). `cond_mode`/`label_scheme` (default: the checkpoint's; bias/binary for
         stock) other than the checkpoint's replace its condition parameters by fresh ones,
         which start the new model exactly at the loaded one if the old ones were still at
-        their initial zeros (a base trained with frozen condition, `ript train --mode sft`)."""
+        their initial zeros (a base trained with frozen condition, `ript train --mode sft`).
+        `tokenizer_path` serves a checkpoint without a tokenizer of its own."""
         path = Path(path)
         if not path.is_dir():
             raise CheckpointError(f"{path}: checkpoint directory not found")
@@ -362,7 +364,9 @@ class Policy:
         model = model.to(device=device, dtype=dtype).eval()
         return cls(
             model,
-            load_tokenizer(path),
+            load_tokenizer(
+                path if tokenizer_path is None or has_tokenizer(path) else tokenizer_path
+            ),
             NormStats.load(path / NORM_STATS_FILE),
             settings,
             cfg_scale=cfg_scale,

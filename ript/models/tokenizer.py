@@ -8,9 +8,10 @@ checkpoint; real pi0 checkpoints bring PaliGemma's tokenizer in their directory.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
-from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+if TYPE_CHECKING:  # transformers is imported where used: the config check needs only files
+    from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 SPECIAL_TOKENS = ["<pad>", "<eos>", "<bos>", "<unk>"]  # ids 0..3, PaliGemma's order
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
@@ -28,6 +29,9 @@ def libero_instructions() -> list[str]:
 
 def build_word_tokenizer(texts: list[str]) -> PreTrainedTokenizerFast:
     """Lower-cased whitespace words of `texts`, with a leading <bos> like PaliGemma's."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
     tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
     tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
@@ -45,11 +49,17 @@ def build_word_tokenizer(texts: list[str]) -> PreTrainedTokenizerFast:
     )
 
 
+def has_tokenizer(path: str | Path) -> bool:
+    return any((Path(path) / name).is_file() for name in TOKENIZER_FILES)
+
+
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
     path = Path(path)
-    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+    if not has_tokenizer(path):
         raise FileNotFoundError(
             f"{path}: no tokenizer (expected one of {', '.join(TOKENIZER_FILES)}); models "
-            "trained here save theirs, real pi0 checkpoints need PaliGemma's copied in"
+            "trained here save theirs; copy PaliGemma's into a pi0 checkpoint or set tokenizer_path"
         )
+    from transformers import AutoTokenizer
+
     return AutoTokenizer.from_pretrained(path, local_files_only=True)

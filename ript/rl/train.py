@@ -19,6 +19,7 @@ past an episode's end repeat its last action and are trained on, as in openpi.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 import math
@@ -43,6 +44,7 @@ from ript.data.dataset import ChunkDataset
 from ript.data.norm_stats import NormStats
 from ript.models.cfg_pi0 import UNCOND, positive_label
 from ript.models.policy import (
+    CheckpointError,
     Policy,
     PolicySettings,
     default_dtype,
@@ -181,13 +183,16 @@ class Trainer:
         rank: int = 0,
         world: int = 1,
         progress: bool = True,
+        identity: str = "",
     ) -> None:
+        """`identity` (see `run_identity`) must match a checkpoint's for it to be resumed."""
         if mode not in MODES:
             raise ValueError(f"mode {mode!r}: expected one of {MODES}")
         self.policy, self.samples, self.config, self.mode = policy, samples, config, mode
         self.out = Path(out)
         self.alpha_uncond = alpha_uncond if mode == "cfg" else 0.0
         self.rank, self.world, self.progress = rank, world, progress
+        self.identity = identity
         self.steps = config["sft_steps"] if mode == "sft" else config["train_steps"]
         model = policy.model.train()
         if mode == "sft":
@@ -328,6 +333,7 @@ class Trainer:
             torch.save(
                 {
                     "step": self.step,
+                    "identity": self.identity,
                     "nonfinite": self.nonfinite,
                     "optimizer": self.optimizer.state_dict(),
                     "scheduler": self.scheduler.state_dict(),
@@ -351,7 +357,23 @@ class Trainer:
         path = self.latest_checkpoint()
         if path is None:
             return False
-        state = torch.load(path / STATE_FILE, weights_only=True, map_location="cpu")
+        try:
+            state = torch.load(path / STATE_FILE, weights_only=True, map_location="cpu")
+        except Exception as e:  # noqa: BLE001 - unpickling raises many types for bad files
+            raise CheckpointError(
+                f"{path / STATE_FILE}: not a trainer state that loads with weights_only=True "
+                f"(truncated, or holding code?); remove {path} to start over: "
+                f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"
+            ) from e
+        if state.get("identity") != self.identity:
+            log.warning(
+                "%s was written by a run with other settings or inputs; starting from step 0",
+                path,
+            )
+            dist.barrier()
+            if self.rank == 0:
+                shutil.rmtree(self.checkpoint_dir)
+            return False
         saved = Policy.from_pretrained(path).model.state_dict()
         self.policy.model.load_state_dict(saved)
         self.optimizer.load_state_dict(state["optimizer"])
@@ -408,6 +430,19 @@ class Trainer:
         return final
 
 
+def run_identity(config: dict[str, Any], inputs: list[str | None], **run: Any) -> str:
+    """What a checkpoint must have been trained with to be resumed: the config, the run's
+    own settings and its input files by path, size and modification time (a regenerated
+    input is a new input)."""
+    files = []
+    for name in filter(None, inputs):
+        path = Path(name)
+        members = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+        files += [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in members]
+    blob = json.dumps(dict(config=config, run=run, files=files), sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
 class MetricsLog:
     """metrics.csv, appended per step; a resumed run first drops rows past its checkpoint."""
 
@@ -449,6 +484,7 @@ def build_policy(
             dtype=dtype,
             cond_mode=cond_mode,
             label_scheme=config["label_scheme"],
+            tokenizer_path=config["tokenizer_path"],
         )
     if mode == "cfg":
         raise ValueError("--init: CFG training starts from a base checkpoint")
@@ -521,6 +557,13 @@ def train(
             rank=rank,
             world=world,
             progress=progress,
+            identity=run_identity(
+                config,
+                [*(demos or []), labels, init, norm_stats],
+                mode=mode,
+                cond_mode=cond_mode,
+                alpha_uncond=alpha_uncond,
+            ),
         )
         if rank == 0:
             Path(out).mkdir(parents=True, exist_ok=True)

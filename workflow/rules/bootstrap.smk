@@ -24,4 +24,4 @@ rule bootstrap:
         ENV
     shell:
         "ript train --mode sft --demos {input.demos} --norm-stats {input.norm_stats} "
-        "{params.settings} --out {params.out} --no-progress > {log} 2>&1"
+        "{params.settings} --out {params.out} --resume --no-progress > {log} 2>&1"

@@ -9,7 +9,8 @@ rule collect:
         index=f"{RESULTS}/rollouts/task{{task}}_init{{start}}-{{stop}}.index.parquet",
     params:
         settings=lambda wildcards: settings(
-            ENV_KEYS + ["rollouts_per_init"], tasks=[int(wildcards.task)]
+            ENV_KEYS + ["rollouts_per_init", "device", "compile", "tokenizer_path"],
+            tasks=[int(wildcards.task)],
         ),
     log:
         f"{RESULTS}/logs/collect/task{{task}}_init{{start}}-{{stop}}.log",

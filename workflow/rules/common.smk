@@ -44,7 +44,7 @@ ENV_KEYS = [
 # Keys that decide a fresh model and how it reads observations.
 MODEL_KEYS = [
     "preset", "state_keys", "camera_keys", "chunk_size", "max_state_dim", "max_action_dim",
-    "normalization", "num_inference_steps", "label_scheme", "seed",
+    "normalization", "num_inference_steps", "label_scheme", "seed", "tokenizer_path",
 ]
 # Keys of the optimisation, shared by the SFT bootstrap and CFG training.
 OPTIM_KEYS = [

@@ -25,4 +25,4 @@ rule train:
     shell:
         "ript train --mode cfg --labels {input.labels} --init {input.base} "
         "--cond-mode {wildcards.cond_mode} --alpha-uncond {wildcards.alpha} "
-        "{params.settings} --out {params.out} --no-progress > {log} 2>&1"
+        "{params.settings} --out {params.out} --resume --no-progress > {log} 2>&1"
