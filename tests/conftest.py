@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -70,3 +71,15 @@ def lowdim_pool():
     """Two workers on LIBERO-Object; episodes long enough for the expert to finish task 0."""
     with small_pool(2) as pool:
         yield pool
+
+
+@pytest.fixture(scope="session")
+def micro_run(tmp_path_factory) -> Path:
+    """A work directory in which `snakemake all` ran the micro config to completion; tests
+    that change it work on a copy (`shutil.copytree(micro_run, ..., symlinks=True)`)."""
+    from micro import run_micro
+
+    workdir = tmp_path_factory.mktemp("micro_run")
+    result = run_micro(workdir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir

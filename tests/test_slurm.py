@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from test_workflow import MICRO, ROOT
+from micro import MICRO, ROOT
 
 pytestmark = [pytest.mark.sim, pytest.mark.slurm]
 

@@ -1,0 +1,63 @@
+"""The micro config and a Snakemake runner, shared by the workflow, SLURM and reliability
+tests."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def snakemake(workdir, *args):
+    return subprocess.run(
+        ["snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(workdir), *args],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+MICRO = {
+    "experiment": "micro",
+    "tasks": [0],
+    "train_init_states": [0, 2],
+    "eval_init_states": [25, 27],
+    "max_episode_length": 120,
+    "num_parallel_envs": 1,
+    "rollouts_per_init": 2,
+    "collect_init_chunk": 1,
+    "state_keys": ["state", "privileged_object_state", "privileged_object_relative"],
+    "max_state_dim": 64,
+    "chunk_size": 10,
+    "batch_size": 16,
+    "sft_steps": 20,
+    "train_steps": 10,
+    "dynamic_sampling": False,
+    "cond_mode": ["bias"],
+    "alpha_uncond": [0.1],
+    "cfg_scale": [1.0, 2.0],
+    "device": "cpu",
+}
+
+
+def job_counts(dry_run_output: str) -> dict[str, int]:
+    """Job stats of a dry run: rule name -> count."""
+    lines = dry_run_output.split("Job stats:")[1].splitlines()[3:]
+    counts = {}
+    for line in lines:
+        parts = line.split()
+        if len(parts) != 2 or parts[0] == "total":
+            break
+        counts[parts[0]] = int(parts[1])
+    return counts
+
+
+def run_micro(workdir: Path, *args: str, **overrides) -> subprocess.CompletedProcess:
+    """`snakemake all` of the micro config (plus `overrides`) in `workdir`, on 2 cores."""
+    micro = workdir / "micro.yaml"
+    micro.write_text(yaml.safe_dump(MICRO | overrides))
+    return snakemake(workdir, "all", "--cores", "2", "--configfile", str(micro), *args)
