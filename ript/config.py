@@ -123,6 +123,11 @@ def _check_cross_keys(config: dict[str, Any], source: str) -> None:
         raise ConfigError(
             f"{source}: key 'state_keys': {privileged} need privileged_object_state: true"
         )
+    if config["train_gpus"] > 1 and config["device"] != "cuda":
+        raise ConfigError(
+            f"{source}: key 'train_gpus': {config['train_gpus']} GPUs per training job need "
+            f"device: cuda, not {config['device']!r}"
+        )
     _check_checkpoint_paths(config, source)
     if config["n_video"] > 0 and config["render_source"] == "obs" and not config["cameras"]:
         raise ConfigError(

@@ -7,8 +7,8 @@ import json
 import pandas as pd
 import pytest
 import yaml
+from micro import MICRO
 from test_cli import run_ript
-from test_workflow import MICRO
 
 from ript.evaluation.metrics import wilson_interval
 

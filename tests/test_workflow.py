@@ -105,3 +105,23 @@ def test_micro_config_end_to_end(micro_run):
         "tables": 1,
         "train": 1,
     }
+
+
+def test_train_gpus_run_training_under_torchrun(tmp_path):
+    ckpt = tmp_path / "pi0"
+    ckpt.mkdir()
+    for name in ("config.json", "model.safetensors", "norm_stats.json", "tokenizer.json"):
+        (ckpt / name).write_text("{}")
+    config = ["--configfile", str(ROOT / "config/pi0_libero.yaml")]
+    for gpus, launcher in (
+        (1, "ript train --mode cfg"),
+        (4, "torchrun --standalone --nproc-per-node 4 -m ript.cli train --mode cfg"),
+    ):
+        result = snakemake(
+            tmp_path, "all", "-n", "-p", *config, "--config", f"pretrained_path={ckpt}",
+            f"train_gpus={gpus}",
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        commands = [line for line in result.stdout.splitlines() if "--mode cfg" in line]
+        assert commands and all(launcher in line for line in commands), commands[:1]
+        assert f"gpu={gpus}" in result.stdout

@@ -41,6 +41,10 @@ CASES = {
     ),
     "misspelt key": ({"cfg_scales": [1.0]}, ["'cfg_scales'", "'cfg_scale'?", "allowed keys"]),
     "wrong type": ({"batch_size": "64x"}, ["'batch_size'", "'64x'", "integer"]),
+    "several GPUs on CPU": (
+        {"train_gpus": 2, "device": "cpu"},
+        ["'train_gpus'", "2", "device: cuda", "'cpu'"],
+    ),
 }
 
 

@@ -13,15 +13,16 @@ rule bootstrap:
             MODEL_KEYS + OPTIM_KEYS + ["sft_steps", "sft_learning_rate", "sft_only_successful"]
         ),
         out=lambda wildcards, output: str(Path(output.metrics).parent),
+        train=TRAIN,
     log:
         f"{RESULTS}/logs/bootstrap.log",
     benchmark:
         f"{RESULTS}/benchmarks/bootstrap.tsv"
     threads: 2
     resources:
-        gpu=GPUS,
+        gpu=TRAIN_GPUS,
     conda:
         ENV
     shell:
-        "ript train --mode sft --demos {input.demos} --norm-stats {input.norm_stats} "
+        "{params.train} --mode sft --demos {input.demos} --norm-stats {input.norm_stats} "
         "{params.settings} --out {params.out} --resume --no-progress > {log} 2>&1"

@@ -15,6 +15,13 @@ RESULTS = f"results/{config['experiment']}"
 # Conda environment for all jobs (with --use-conda), installing the same package as pip.
 ENV = "../../environment.yml"
 GPUS = 1 if config["device"] == "cuda" else 0
+# Training jobs: one DDP process per GPU under torchrun when train_gpus > 1.
+TRAIN_GPUS = config["train_gpus"] if config["device"] == "cuda" else 0
+TRAIN = (
+    f"torchrun --standalone --nproc-per-node {TRAIN_GPUS} -m ript.cli train"
+    if TRAIN_GPUS > 1
+    else "ript train"
+)
 
 
 def num(value):

@@ -13,16 +13,17 @@ rule train:
             MODEL_KEYS + OPTIM_KEYS + ["train_steps", "learning_rate", "state_keys"]
         ),
         out=lambda wildcards, output: str(Path(output.metrics).parent),
+        train=TRAIN,
     log:
         f"{RESULTS}/logs/train/{{cond_mode}}_a{{alpha}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/train/{{cond_mode}}_a{{alpha}}.tsv"
     threads: 2
     resources:
-        gpu=GPUS,
+        gpu=TRAIN_GPUS,
     conda:
         ENV
     shell:
-        "ript train --mode cfg --labels {input.labels} --init {input.base} "
+        "{params.train} --mode cfg --labels {input.labels} --init {input.base} "
         "--cond-mode {wildcards.cond_mode} --alpha-uncond {wildcards.alpha} "
         "{params.settings} --out {params.out} --resume --no-progress > {log} 2>&1"
