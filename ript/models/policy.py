@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PI0Config, PreTrainedTokenizerBase
 
+from ript.config import CHECKPOINT_FILES
 from ript.data.norm_stats import MODES, NormStats
 from ript.files import write_text_atomic
 from ript.models.cfg_pi0 import CFGPI0Config, CFGPI0ForConditionalGeneration
@@ -325,7 +326,7 @@ class Policy:
         path = Path(path)
         if not path.is_dir():
             raise CheckpointError(f"{path}: checkpoint directory not found")
-        for name in ("config.json", "model.safetensors", NORM_STATS_FILE):
+        for name in CHECKPOINT_FILES:
             if not (path / name).is_file():
                 raise CheckpointError(f"{path}: checkpoint lacks {name}")
         try:

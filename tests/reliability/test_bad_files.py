@@ -13,14 +13,11 @@ import h5py
 import pandas as pd
 import pytest
 from micro import run_micro
+from test_cli import run_ript
 
 from ript.data.episode_store import read_index
 
 pytestmark = pytest.mark.sim
-
-
-def ript(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["ript", *args], capture_output=True, text=True, timeout=600)
 
 
 def assert_fails_naming(result: subprocess.CompletedProcess, path: Path, problem: str) -> str:
@@ -50,7 +47,7 @@ def test_truncated_shard(micro_run, tmp_path):
     shard = copy_shard(micro_run, tmp_path)
     truncate(shard)
     out = tmp_path / "labels.parquet"
-    result = ript("label", "--rollouts", str(shard), "--out", str(out))
+    result = run_ript("label", "--rollouts", str(shard), "--out", str(out))
     assert_fails_naming(result, shard, "not a readable HDF5 file (truncated or corrupt?)")
     assert not out.exists()
 
@@ -60,7 +57,7 @@ def test_foreign_hdf5_file(tmp_path):
     with h5py.File(shard, "w") as f:
         f.create_dataset("images", data=[1, 2, 3])
     out = tmp_path / "norm_stats.json"
-    result = ript("norm-stats", "--shards", str(shard), "--out", str(out))
+    result = run_ript("norm-stats", "--shards", str(shard), "--out", str(out))
     assert_fails_naming(result, shard, "not an episode file in LIBERO's demo layout")
     assert not out.exists()
 
@@ -71,7 +68,7 @@ def test_index_that_disagrees_with_its_shard(micro_run, tmp_path):
     index = pd.read_parquet(index_path)
     index.loc[0, "success"] = not index.loc[0, "success"]
     index.to_parquet(index_path)
-    result = ript("label", "--rollouts", str(shard), "--out", str(tmp_path / "labels.parquet"))
+    result = run_ript("label", "--rollouts", str(shard), "--out", str(tmp_path / "labels.parquet"))
     assert_fails_naming(result, index_path, "the index does not belong to this shard")
 
 
@@ -80,7 +77,7 @@ def test_corrupt_norm_stats(micro_run, tmp_path):
     shutil.copy(micro_run / "results/micro/norm_stats.json", stats)
     truncate(stats, 0.3)
     demos = micro_run / "results/micro/demos/task0.h5"
-    result = ript(
+    result = run_ript(
         "train", "--mode", "sft", "--demos", str(demos), "--norm-stats", str(stats),
         "--out", str(tmp_path / "run"), "--set", "sft_steps=2", "--no-progress",
     )  # fmt: skip
@@ -100,7 +97,7 @@ def test_damaged_checkpoint(micro_run, tmp_path, damage):
         (ckpt / "config.json").write_text(json.dumps(config | {"model_type": "bert"}))
         problem = "holds a 'bert' model"
     out = tmp_path / "metrics.json"
-    result = ript("evaluate", "--policy", str(ckpt), "--out", str(out), "--no-progress")
+    result = run_ript("evaluate", "--policy", str(ckpt), "--out", str(out), "--no-progress")
     assert_fails_naming(result, ckpt, problem)
     assert not out.exists()
 
