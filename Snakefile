@@ -1,6 +1,7 @@
 # ript: RL post-training of flow-matching VLAs on LIBERO with classifier-free guidance.
 #   snakemake --cores 8 all                 # the whole chain on the configured experiment
 #   snakemake --profile slurm sweep         # the same grid on a SLURM cluster
+#   snakemake --cores 8 eval                # only the base (or pretrained) policy's success
 #   snakemake --report results/<experiment>/report.html
 # Every rule calls one `ript <step>`; the logic lives in the `ript` package.
 
@@ -8,6 +9,7 @@ configfile: "config/config.yaml"
 
 
 wildcard_constraints:
+    round=r"(round([2-9]|[1-9][0-9]+)/)?",
     task=r"\d+",
     start=r"\d+",
     stop=r"\d+",
@@ -25,6 +27,7 @@ include: "workflow/rules/label.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/rounds.smk"
 
 
 report: "workflow/report/workflow.rst"
@@ -32,9 +35,12 @@ report: "workflow/report/workflow.rst"
 
 rule sweep:
     input:
-        f"{RESULTS}/tables/sweep.csv",
-        f"{RESULTS}/tables/sweep.md",
-        rules.plots.output,
+        round_outputs(),
+
+
+rule eval:
+    input:
+        f"{RESULTS}/eval/base/metrics.json",
 
 
 rule all:

@@ -33,7 +33,11 @@ def _add_collect(sub: argparse._SubParsersAction) -> None:
         default="expert",
         help="'expert' (the scripted demonstrator) or a policy checkpoint directory",
     )
-    p.add_argument("--cfg-scale", type=float, default=1.0, help="guidance scale (policies)")
+    p.add_argument(
+        "--cfg-scale",
+        type=float,
+        help="guidance scale (policies; default: the checkpoint's policy.json, 1 unless chosen)",
+    )
     p.add_argument("--out", required=True, help="output shard (.h5); its index goes beside it")
     p.add_argument("--suite", help="overrides config 'suite'")
     p.add_argument("--tasks", type=int, nargs="+", help="overrides config 'tasks'")
@@ -214,7 +218,11 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         sub, "evaluate", "success rate (95%% Wilson CI) of a policy -> metrics.json", _run_evaluate
     )
     p.add_argument("--policy", required=True, help="checkpoint directory or 'expert'")
-    p.add_argument("--cfg-scale", type=float, default=1.0, help="guidance scale")
+    p.add_argument(
+        "--cfg-scale",
+        type=float,
+        help="guidance scale (default: the checkpoint's policy.json, 1 unless chosen)",
+    )
     p.add_argument("--out", required=True, help="metrics.json to write")
     p.add_argument("--init-states", default="eval", help="'eval' (default), 'train' or START:STOP")
     p.add_argument("--shard", help="also keep the evaluation episodes in this shard (.h5)")
@@ -262,6 +270,39 @@ def _run_tables(args: argparse.Namespace) -> None:
     )
 
 
+def _add_rounds(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("rounds", help="the best grid point of every round (rounds: N)")
+    p.add_argument("--sweeps", nargs="+", required=True, help="sweep.csv of rounds 1, 2, ...")
+    p.add_argument("--csv", required=True, help="rounds.csv to write")
+    p.add_argument("--md", required=True, help="rounds.md to write")
+    p.set_defaults(run=_run_rounds)
+
+
+def _run_rounds(args: argparse.Namespace) -> None:
+    from ript.report.tables import write_rounds_table
+
+    table = write_rounds_table(args.sweeps, args.csv, args.md)
+    rates = ", ".join(f"{r:.3f}" for r in table["success_rate"])
+    print(f"rounds: {args.csv}: best success per round {rates}")
+
+
+def _add_choose(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("choose", help="the best grid point of a sweep, for the next round")
+    p.add_argument("--table", required=True, help="sweep.csv from `ript tables`")
+    p.add_argument("--out", required=True, help="directory for policy/ and choice.json")
+    p.set_defaults(run=_run_choose)
+
+
+def _run_choose(args: argparse.Namespace) -> None:
+    from ript.choose import choose
+
+    c = choose(args.table, args.out)
+    print(
+        f"choose: {args.out}/policy = {c['policy']} at cfg_scale={c['cfg_scale']:g} "
+        f"({c['cond_mode']}, alpha_uncond={c['alpha_uncond']:g}, success {c['success_rate']:.3f})"
+    )
+
+
 def _add_plots(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("plots", help="success vs cfg_scale, heatmap and training curves")
     p.add_argument("--table", required=True, help="sweep.csv from `ript tables`")
@@ -298,6 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(sub)
     _add_tables(sub)
     _add_plots(sub)
+    _add_rounds(sub)
+    _add_choose(sub)
     return parser
 
 

@@ -80,8 +80,11 @@ def episode_specs(
     return specs
 
 
-def load_rollout_policy(name: str, config: dict[str, Any], cfg_scale: float = 1.0) -> RolloutPolicy:
-    """'expert' (the scripted demonstrator) or a policy checkpoint directory."""
+def load_rollout_policy(
+    name: str, config: dict[str, Any], cfg_scale: float | None = None
+) -> RolloutPolicy:
+    """'expert' (the scripted demonstrator) or a policy checkpoint directory, sampling at
+    `cfg_scale` (default: the checkpoint's own, see `PolicySettings.cfg_scale`)."""
     if name == "expert":
         return ScriptedExpert(config["expert_action_noise"], config["expert_grasp_offset"])
     if not Path(name).is_dir():
@@ -177,7 +180,7 @@ def collect(
     out: str | Path,
     init_states: str = "train",
     rollouts_per_init: int | None = None,
-    cfg_scale: float = 1.0,
+    cfg_scale: float | None = None,
     progress: bool = True,
 ) -> tuple[list[Episode], RolloutStats]:
     """`rollouts_per_init` overrides the config's K for this shard (demonstrations,

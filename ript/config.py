@@ -38,6 +38,8 @@ ENV_OVERRIDES: dict[str, tuple[str, Any]] = {
 # what every policy checkpoint directory holds (besides a tokenizer); checked here before any
 # job runs and by Policy.from_pretrained when a step loads one
 CHECKPOINT_FILES = ("config.json", "model.safetensors", "norm_stats.json")
+# how observations map onto the model and the default guidance scale (ript's own checkpoints)
+POLICY_FILE = "policy.json"
 
 
 class ConfigError(ValueError):

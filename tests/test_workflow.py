@@ -1,6 +1,7 @@
 """The Snakemake workflow, run for real on a micro config."""
 
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -125,3 +126,42 @@ def test_train_gpus_run_training_under_torchrun(tmp_path):
         commands = [line for line in result.stdout.splitlines() if "--mode cfg" in line]
         assert commands and all(launcher in line for line in commands), commands[:1]
         assert f"gpu={gpus}" in result.stdout
+
+
+@pytest.mark.sim
+def test_a_second_round_collects_with_the_chosen_policy(micro_run, tmp_path):
+    work = tmp_path / "work"
+    shutil.copytree(micro_run, work, symlinks=True)
+    run = ["--cores", "2", "--configfile", str(work / "micro.yaml"), "--config", "rounds=2"]
+    plan = snakemake(work, "all", "-n", *run)
+    assert job_counts(plan.stdout) == {  # round 1 is reused as it is
+        "all": 1, "choose": 1, "collect": 2, "label": 1, "train": 1, "evaluate": 2,
+        "tables": 1, "plots": 1, "rounds_table": 1,
+    }  # fmt: skip
+    result = snakemake(work, "all", *run)
+    assert result.returncode == 0, result.stderr[-3000:]
+    res = work / "results/micro"
+    choice = json.loads((res / "chosen/choice.json").read_text())
+    best = pd.read_csv(res / "tables/sweep.csv").query("best").iloc[0]
+    assert (choice["cfg_scale"], choice["success_rate"]) == (best.cfg_scale, best.success_rate)
+    chosen, trained = res / "chosen/policy", work / choice["policy"]
+    assert (chosen / "model.safetensors").stat().st_ino == (
+        trained / "model.safetensors"
+    ).stat().st_ino  # a hard link, not a second copy of the weights
+    assert json.loads((chosen / "policy.json").read_text())["cfg_scale"] == best.cfg_scale
+    assert json.loads((trained / "policy.json").read_text())["cfg_scale"] == 1.0
+    # round 2 collected with the chosen policy at its cfg_scale, under other seeds
+    first = read_index(res / "rollouts/task0_init0-1.h5")
+    second = read_index(res / "round2/rollouts/task0_init0-1.h5")
+    assert set(second["policy_id"]) == {f"chosen/policy(cfg_scale={best.cfg_scale:g})"}
+    assert not set(first["seed"]) & set(second["seed"])
+    train_settings = json.loads(
+        (res / "round2/train/bias_a0.1/policy/train_settings.json").read_text()
+    )
+    assert (work / train_settings["init"]).resolve() == chosen.resolve()
+    rounds = pd.read_csv(res / "tables/rounds.csv")
+    assert rounds["round"].tolist() == [1, 2]
+    second_best = pd.read_csv(res / "round2/tables/sweep.csv").query("best").iloc[0]
+    assert rounds["success_rate"].tolist() == [best.success_rate, second_best.success_rate]
+    assert (res / "round2/plots/success_vs_cfg.png").stat().st_size > 10_000
+    assert "| 2 | bias |" in (res / "tables/rounds.md").read_text()

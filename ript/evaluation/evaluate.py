@@ -2,8 +2,10 @@
 
 The policy is a checkpoint directory (a trained or the base policy) or the scripted expert.
 metrics.json holds successes, n and the success rate with a 95% Wilson interval, overall and
-per task, the mean episode length, the mean inference time per policy call and per chunk,
-and the exact settings of the run; the rollouts themselves can be kept as a shard.
+per task, every episode's outcome (task, init state, rollout: the key that pairs two policies'
+evaluations in the sweep table), the mean episode length, the mean inference time per policy
+call and per chunk, and the exact settings of the run; the rollouts themselves can be kept as a
+shard.
 """
 
 from __future__ import annotations
@@ -35,10 +37,20 @@ def episode_metrics(episodes: list[Episode]) -> dict[str, Any]:
     return {
         "overall": block(episodes),
         "per_task": {str(t): block([e for e in episodes if e.spec.task_id == t]) for t in tasks},
+        "episodes": [
+            {
+                "task": e.spec.task_id,
+                "init_state": e.spec.init_state_index,
+                "rollout": e.spec.rollout_index,
+                "success": bool(e.success),
+                "length": e.length,
+            }
+            for e in sorted(episodes, key=lambda e: e.spec.episode_index)
+        ],
     }
 
 
-def policy_settings(policy: Any, policy_dir: str, cfg_scale: float) -> dict[str, Any]:
+def policy_settings(policy: Any, policy_dir: str, cfg_scale: float | None) -> dict[str, Any]:
     """The sampling settings, and the training run's (mode, cond_mode, alpha_uncond)."""
     model = getattr(policy, "model", None)
     if model is None:
@@ -62,7 +74,7 @@ def evaluate(
     *,
     policy_name: str,
     out: str | Path,
-    cfg_scale: float = 1.0,
+    cfg_scale: float | None = None,
     init_states: str = "eval",
     shard: str | Path | None = None,
     progress: bool = True,

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PI0Config, PreTrainedTokenizerBase
 
-from ript.config import CHECKPOINT_FILES
+from ript.config import CHECKPOINT_FILES, POLICY_FILE
 from ript.data.norm_stats import MODES, NormStats
 from ript.files import write_text_atomic
 from ript.models.cfg_pi0 import CFGPI0Config, CFGPI0ForConditionalGeneration
@@ -36,7 +36,6 @@ from ript.models.presets import num_image_tokens
 from ript.models.tokenizer import has_tokenizer, load_tokenizer
 
 log = logging.getLogger(__name__)
-POLICY_FILE = "policy.json"
 NORM_STATS_FILE = "norm_stats.json"
 
 
@@ -55,6 +54,9 @@ class PolicySettings:
     max_prompt_tokens: int = 48
     normalization: str = "zscore"
     num_steps: int = 10
+    # the guidance scale when a caller gives none: 1 (the positive branch) unless `ript choose`
+    # picked this policy at another scale
+    cfg_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if self.normalization not in MODES:
@@ -76,7 +78,7 @@ class Policy:
         norm_stats: NormStats,
         settings: PolicySettings,
         *,
-        cfg_scale: float = 1.0,
+        cfg_scale: float | None = None,
         policy_id: str = "policy",
         cuda_graphs: bool = True,
         compile: bool = False,
@@ -88,7 +90,7 @@ class Policy:
         self.tokenizer = tokenizer
         self.norm_stats = norm_stats
         self.settings = settings
-        self.cfg_scale = cfg_scale
+        self.cfg_scale = settings.cfg_scale if cfg_scale is None else cfg_scale
         self.policy_id = policy_id
         # what `sample_actions` has cost so far (observations in, actions out)
         self.inference_calls = 0
@@ -300,7 +302,11 @@ class Policy:
         self.tokenizer.save_pretrained(path)
         self.norm_stats.save(path / NORM_STATS_FILE)
         write_text_atomic(
-            path / POLICY_FILE, json.dumps(dataclasses.asdict(self.settings), indent=2)
+            path / POLICY_FILE,
+            json.dumps(
+                dataclasses.asdict(dataclasses.replace(self.settings, cfg_scale=self.cfg_scale)),
+                indent=2,
+            ),
         )
 
     @classmethod
@@ -310,7 +316,7 @@ class Policy:
         *,
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
-        cfg_scale: float = 1.0,
+        cfg_scale: float | None = None,
         cond_mode: str | None = None,
         label_scheme: str | None = None,
         settings: PolicySettings | None = None,
@@ -322,7 +328,8 @@ class Policy:
         stock) other than the checkpoint's replace its condition parameters by fresh ones,
         which start the new model exactly at the loaded one if the old ones were still at
         their initial zeros (a base trained with frozen condition, `ript train --mode sft`).
-        `tokenizer_path` serves a checkpoint without a tokenizer of its own."""
+        `cfg_scale` defaults to the one in policy.json. `tokenizer_path` serves a checkpoint
+        without a tokenizer of its own."""
         path = Path(path)
         if not path.is_dir():
             raise CheckpointError(f"{path}: checkpoint directory not found")
@@ -363,6 +370,7 @@ class Policy:
             else:
                 raise CheckpointError(f"{path}: checkpoint lacks {POLICY_FILE}")
         model = model.to(device=device, dtype=dtype).eval()
+        cfg_scale = settings.cfg_scale if cfg_scale is None else cfg_scale
         return cls(
             model,
             load_tokenizer(

@@ -1,10 +1,16 @@
 """`ript tables`: the sweep table, one row per grid point and one for the base policy.
 
 Columns: success with its 95% Wilson interval, per-task success, mean episode length,
-inference time, and the difference to the base policy with its 95% Newcombe interval (the
-hybrid Wilson score interval of a difference of two independent proportions); the grid point
-with the highest success rate is marked best. The numbers are copied from the runs'
-metrics.json, never recomputed from episodes.
+inference time, and the difference to the base policy with its 95% interval; the grid point
+with the highest success rate is marked best. Success rates and their intervals are copied
+from the runs' metrics.json.
+
+Every policy is evaluated on the same episodes (task, init state, rollout index, with the
+same seeds), so the difference to the base is a paired comparison: the interval is
+Newcombe's score interval for paired proportions, which is narrower than the independent one
+when the two policies tend to succeed and fail on the same init states. Where the episodes
+do not match (metrics from different evaluation settings) the independent interval is used,
+and the `diff_interval` column says which one a row has.
 """
 
 from __future__ import annotations
@@ -33,13 +39,64 @@ def newcombe_difference(s1: int, n1: int, s2: int, n2: int) -> tuple[float, floa
     return d, low, high
 
 
-def metrics_row(path: str | Path) -> dict[str, Any]:
+def paired_newcombe_difference(
+    both: int, only_1: int, only_2: int, neither: int
+) -> tuple[float, float, float]:
+    """p1 - p2 of paired binary outcomes and its 95% interval.
+
+    Newcombe (1998), "Improved confidence intervals for the difference between binomial
+    proportions based on paired data", Stat. Med. 17:2635, method 10: the Wilson intervals of
+    both margins combined with the phi correlation of the 2x2 table. With phi = 0 it is the
+    independent interval of `newcombe_difference` with n1 = n2.
+    """
+    n = both + only_1 + only_2 + neither
+    p1, p2 = (both + only_1) / n, (both + only_2) / n
+    l1, u1 = wilson_interval(both + only_1, n)
+    l2, u2 = wilson_interval(both + only_2, n)
+    margins = (both + only_1) * (only_2 + neither) * (both + only_2) * (only_1 + neither)
+    phi = (both * neither - only_1 * only_2) / math.sqrt(margins) if margins else 0.0
+    d = p1 - p2
+    dl1, du1, dl2, du2 = p1 - l1, u1 - p1, p2 - l2, u2 - p2
+    low = d - math.sqrt(max(0.0, dl1**2 - 2 * phi * dl1 * du2 + du2**2))
+    high = d + math.sqrt(max(0.0, du1**2 - 2 * phi * du1 * dl2 + dl2**2))
+    return d, low, high
+
+
+def paired_counts(
+    episodes_1: list[dict[str, Any]], episodes_2: list[dict[str, Any]]
+) -> tuple[int, int, int, int] | None:
+    """(both, only 1, only 2, neither) succeeded, or None unless the episodes pair one to one."""
+
+    def outcomes(episodes: list[dict[str, Any]]) -> dict[tuple, bool]:
+        return {(e["task"], e["init_state"], e["rollout"]): e["success"] for e in episodes}
+
+    o1, o2 = outcomes(episodes_1), outcomes(episodes_2)
+    duplicates = len(o1) != len(episodes_1) or len(o2) != len(episodes_2)
+    if not o1 or duplicates or o1.keys() != o2.keys():
+        return None
+    pairs = [(o1[k], o2[k]) for k in o1]
+    return (
+        sum(a and b for a, b in pairs),
+        sum(a and not b for a, b in pairs),
+        sum(b and not a for a, b in pairs),
+        sum(not a and not b for a, b in pairs),
+    )
+
+
+def load_metrics(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
         m = json.loads(path.read_text())
-        overall, settings = m["overall"], m["settings"]
-    except (OSError, json.JSONDecodeError, KeyError) as e:
+    except (OSError, json.JSONDecodeError) as e:
         raise ValueError(f"{path}: not a metrics.json written by ript evaluate ({e})") from e
+    missing = [k for k in ("overall", "per_task", "inference", "settings") if k not in m]
+    if missing:
+        raise ValueError(f"{path}: not a metrics.json written by ript evaluate (no {missing})")
+    return m
+
+
+def metrics_row(path: str | Path, m: dict[str, Any]) -> dict[str, Any]:
+    overall, settings = m["overall"], m["settings"]
     training = settings.get("training") or {}
     is_grid = training.get("mode") == "cfg"
     row = {
@@ -63,17 +120,27 @@ def metrics_row(path: str | Path) -> dict[str, Any]:
 
 def sweep_table(grid: list[str | Path], base: str | Path) -> pd.DataFrame:
     """Base row first, then the grid sorted by (cond_mode, alpha_uncond, cfg_scale)."""
-    base_row = metrics_row(base)
-    rows = [metrics_row(p) for p in grid]
+    loaded = {str(p): load_metrics(p) for p in [base, *grid]}
+    base_row = metrics_row(base, loaded[str(base)])
+    rows = [metrics_row(p, loaded[str(p)]) for p in grid]
     table = pd.DataFrame(rows).sort_values(["cond_mode", "alpha_uncond", "cfg_scale"])
     table = pd.concat([pd.DataFrame([base_row]), table], ignore_index=True)
-    diffs = [
-        newcombe_difference(r.successes, r.n, base_row["successes"], base_row["n"])
-        for r in table.itertuples()
-    ]
+    diffs, methods = [], []
+    for r in table.itertuples():
+        counts = paired_counts(
+            loaded[r.metrics].get("episodes", []), loaded[str(base)].get("episodes", [])
+        )
+        if counts is None:
+            diffs.append(
+                newcombe_difference(r.successes, r.n, base_row["successes"], base_row["n"])
+            )
+        else:
+            diffs.append(paired_newcombe_difference(*counts))
+        methods.append("independent" if counts is None else "paired")
     table["diff_vs_base"] = [d[0] for d in diffs]
     table["diff_ci95_low"] = [d[1] for d in diffs]
     table["diff_ci95_high"] = [d[2] for d in diffs]
+    table["diff_interval"] = methods
     table["resolved_vs_base"] = (table["diff_ci95_low"] > 0) | (table["diff_ci95_high"] < 0)
     table.loc[0, "resolved_vs_base"] = False
     grid_rows = table.index[table["policy"] == "cfg"]
@@ -117,10 +184,16 @@ def markdown(table: pd.DataFrame) -> str:
             diff,
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    grid_methods = set(table.loc[table["policy"] == "cfg", "diff_interval"])
+    interval = {
+        frozenset({"paired"}): "Newcombe's interval for paired outcomes: every policy ran the "
+        "same episodes",
+        frozenset({"independent"}): "Newcombe's interval for independent samples",
+    }.get(frozenset(grid_methods), "see the diff_interval column of sweep.csv")
     lines.append("")
     lines.append(
         "success: rate over all evaluation episodes [95% Wilson interval]; vs base: difference "
-        "to the base policy [95% Newcombe interval], * where the interval excludes 0."
+        f"to the base policy [95% interval; {interval}], * where the interval excludes 0."
     )
     return "\n".join(lines) + "\n"
 
@@ -130,6 +203,61 @@ def write_tables(
 ) -> pd.DataFrame:
     table = sweep_table(grid, base)
     for out, text in ((Path(csv_out), table.to_csv(index=False)), (Path(md_out), markdown(table))):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(out, text)
+    return table
+
+
+ROUND_COLUMNS = [
+    "cond_mode", "alpha_uncond", "cfg_scale", "success_rate", "ci95_low", "ci95_high", "n",
+    "diff_vs_base", "diff_ci95_low", "diff_ci95_high", "diff_interval", "resolved_vs_base",
+]  # fmt: skip
+
+
+def rounds_table(sweeps: list[str | Path]) -> pd.DataFrame:
+    """The best grid point of each round's sweep.csv, in round order (round 1 first)."""
+    rows = []
+    for number, path in enumerate(sweeps, start=1):
+        table = pd.read_csv(path, keep_default_na=False, na_values=[""])
+        best = table[(table["policy"] == "cfg") & table["best"].astype(bool)]
+        if best.empty:
+            raise ValueError(f"{path}: no grid row is marked best")
+        rows.append({"round": number, **best.iloc[0][ROUND_COLUMNS].to_dict(), "sweep": str(path)})
+    return pd.DataFrame(rows)
+
+
+def rounds_markdown(table: pd.DataFrame, base_success: str) -> str:
+    header = ["round", "best cond_mode", "alpha_uncond", "cfg_scale", "success (95% CI)", "n"]
+    lines = ["| " + " | ".join([*header, "vs base (95% CI)"]) + " |", "|" + "---|" * 7]
+    for r in table.to_dict("records"):
+        diff = f"{r['diff_vs_base']:+.2f} [{r['diff_ci95_low']:+.2f}, {r['diff_ci95_high']:+.2f}]"
+        cells = [
+            str(r["round"]),
+            r["cond_mode"],
+            f"{r['alpha_uncond']:g}",
+            f"{r['cfg_scale']:g}",
+            f"{r['success_rate']:.2f} [{r['ci95_low']:.2f}, {r['ci95_high']:.2f}]",
+            str(r["n"]),
+            diff + (" *" if r["resolved_vs_base"] else ""),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        f"The best grid point of each round; base policy: {base_success}. Round r + 1 collects "
+        "with round r's best point, chosen on these evaluation init states, so later rounds "
+        "carry a selection effect; * where the interval to the base excludes 0.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_rounds_table(sweeps: list[str], csv_out: str | Path, md_out: str | Path) -> pd.DataFrame:
+    table = rounds_table(sweeps)
+    first = pd.read_csv(sweeps[0], keep_default_na=False, na_values=[""]).iloc[0]
+    base = f"{first['success_rate']:.2f} [{first['ci95_low']:.2f}, {first['ci95_high']:.2f}]"
+    for out, text in (
+        (Path(csv_out), table.to_csv(index=False)),
+        (Path(md_out), rounds_markdown(table, base)),
+    ):
         out.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(out, text)
     return table

@@ -482,6 +482,7 @@ def build_policy(
             init,
             device=device,
             dtype=dtype,
+            cfg_scale=1.0,  # training never guides; a chosen init's scale is not inherited
             cond_mode=cond_mode,
             label_scheme=config["label_scheme"],
             tokenizer_path=config["tokenizer_path"],
@@ -569,6 +570,7 @@ def train(
             Path(out).mkdir(parents=True, exist_ok=True)
             settings = dict(
                 mode=mode,
+                init=None if init is None else str(init),
                 cond_mode=cond_mode,
                 alpha_uncond=trainer.alpha_uncond,
                 samples=len(samples.dataset),

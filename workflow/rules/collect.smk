@@ -1,21 +1,23 @@
-# K rollouts of the base policy per training init state, one shard per task and init chunk.
+# K rollouts per training init state, one shard per task and init chunk: round 1 with the
+# base policy, round r > 1 with round r - 1's chosen policy (at its cfg_scale) and seed + r - 1.
 
 
 rule collect:
     input:
-        policy=base_policy(),
+        policy=start_policy,
     output:
-        shard=f"{RESULTS}/rollouts/task{{task}}_init{{start}}-{{stop}}.h5",
-        index=f"{RESULTS}/rollouts/task{{task}}_init{{start}}-{{stop}}.index.parquet",
+        shard=f"{RESULTS}/{{round}}rollouts/task{{task}}_init{{start}}-{{stop}}.h5",
+        index=f"{RESULTS}/{{round}}rollouts/task{{task}}_init{{start}}-{{stop}}.index.parquet",
     params:
         settings=lambda wildcards: settings(
             ENV_KEYS + ["rollouts_per_init", "device", "compile", "tokenizer_path"],
             tasks=[int(wildcards.task)],
+            seed=config["seed"] + round_number(wildcards) - 1,
         ),
     log:
-        f"{RESULTS}/logs/collect/task{{task}}_init{{start}}-{{stop}}.log",
+        f"{RESULTS}/logs/{{round}}collect/task{{task}}_init{{start}}-{{stop}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/collect/task{{task}}_init{{start}}-{{stop}}.tsv"
+        f"{RESULTS}/benchmarks/{{round}}collect/task{{task}}_init{{start}}-{{stop}}.tsv"
     threads: config["num_parallel_envs"]
     conda:
         ENV

@@ -81,33 +81,69 @@ def init_chunks():
     return [(a, min(a + step, stop)) for a in range(start, stop, step)]
 
 
-def rollout_shards():
+def round_prefix(number):
+    """Round 1 writes to results/<experiment>/, round r > 1 to results/<experiment>/round<r>/."""
+    return "" if number == 1 else f"round{number}/"
+
+
+ROUND_PREFIXES = [round_prefix(r) for r in range(1, config["rounds"] + 1)]
+
+
+def round_number(wildcards):
+    return int(wildcards.round[len("round") : -1]) if wildcards.round else 1
+
+
+def base_policy():
+    """The SFT or pretrained policy: round 1 collects with it and starts CFG training from it."""
+    return config["pretrained_path"] or f"{RESULTS}/base/policy"
+
+
+def start_policy(wildcards):
+    """What a round collects with and trains from: the base, then the previous round's choice."""
+    number = round_number(wildcards)
+    if number == 1:
+        return base_policy()
+    return f"{RESULTS}/{round_prefix(number - 1)}chosen/policy"
+
+
+def rollout_shards(wildcards):
     return [
-        f"{RESULTS}/rollouts/task{task}_init{a}-{b}.h5"
+        f"{RESULTS}/{wildcards.round}rollouts/task{task}_init{a}-{b}.h5"
         for task in config["tasks"]
         for a, b in init_chunks()
     ]
 
 
-def base_policy():
-    """The policy that collects the rollouts and starts CFG training."""
-    return config["pretrained_path"] or f"{RESULTS}/base/policy"
-
-
-def run_name(cond_mode, alpha):
-    return f"{cond_mode}_a{alpha}"
-
-
-def grid_metrics():
+def grid_metrics(wildcards):
     return expand(
-        f"{RESULTS}/eval/{{cond_mode}}_a{{alpha}}/cfg{{cfg}}/metrics.json",
+        f"{RESULTS}/{wildcards.round}eval/{{cond_mode}}_a{{alpha}}/cfg{{cfg}}/metrics.json",
         cond_mode=COND_MODES,
         alpha=ALPHAS,
         cfg=CFG_SCALES,
     )
 
 
-def train_metrics():
+def train_metrics(wildcards):
     return expand(
-        f"{RESULTS}/train/{{cond_mode}}_a{{alpha}}/metrics.csv", cond_mode=COND_MODES, alpha=ALPHAS
+        f"{RESULTS}/{wildcards.round}train/{{cond_mode}}_a{{alpha}}/metrics.csv",
+        cond_mode=COND_MODES,
+        alpha=ALPHAS,
     )
+
+
+def round_outputs():
+    """Every round's sweep table and plots, and the rounds table when there are several."""
+    outputs = [
+        f"{RESULTS}/{prefix}{name}"
+        for prefix in ROUND_PREFIXES
+        for name in (
+            "tables/sweep.csv",
+            "tables/sweep.md",
+            "plots/success_vs_cfg.png",
+            "plots/heatmap.png",
+            "plots/training_curves.png",
+        )
+    ]
+    if len(ROUND_PREFIXES) > 1:
+        outputs += [f"{RESULTS}/tables/rounds.csv", f"{RESULTS}/tables/rounds.md"]
+    return outputs

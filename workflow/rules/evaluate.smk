@@ -7,15 +7,15 @@ EVAL_KEYS = ENV_KEYS + [
 
 rule evaluate:
     input:
-        policy=f"{RESULTS}/train/{{cond_mode}}_a{{alpha}}/policy",
+        policy=f"{RESULTS}/{{round}}train/{{cond_mode}}_a{{alpha}}/policy",
     output:
-        f"{RESULTS}/eval/{{cond_mode}}_a{{alpha}}/cfg{{cfg}}/metrics.json",
+        f"{RESULTS}/{{round}}eval/{{cond_mode}}_a{{alpha}}/cfg{{cfg}}/metrics.json",
     params:
         settings=settings(EVAL_KEYS),
     log:
-        f"{RESULTS}/logs/eval/{{cond_mode}}_a{{alpha}}_cfg{{cfg}}.log",
+        f"{RESULTS}/logs/{{round}}eval/{{cond_mode}}_a{{alpha}}_cfg{{cfg}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/eval/{{cond_mode}}_a{{alpha}}_cfg{{cfg}}.tsv"
+        f"{RESULTS}/benchmarks/{{round}}eval/{{cond_mode}}_a{{alpha}}_cfg{{cfg}}.tsv"
     threads: config["num_parallel_envs"]
     resources:
         gpu=GPUS,

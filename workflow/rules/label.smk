@@ -1,17 +1,17 @@
-# RLOO advantages and CFG labels of all rollouts.
+# RLOO advantages and CFG labels of all rollouts of a round.
 
 
 rule label:
     input:
-        rollout_shards(),
+        rollout_shards,
     output:
-        f"{RESULTS}/labels.parquet",
+        f"{RESULTS}/{{round}}labels.parquet",
     params:
         settings=settings(LABEL_KEYS),
     log:
-        f"{RESULTS}/logs/label.log",
+        f"{RESULTS}/logs/{{round}}label.log",
     benchmark:
-        f"{RESULTS}/benchmarks/label.tsv"
+        f"{RESULTS}/benchmarks/{{round}}label.tsv"
     conda:
         ENV
     shell:

@@ -3,17 +3,17 @@
 
 rule tables:
     input:
-        grid=grid_metrics(),
+        grid=grid_metrics,
         base=f"{RESULTS}/eval/base/metrics.json",
     output:
         csv=report(
-            f"{RESULTS}/tables/sweep.csv",
+            f"{RESULTS}/{{round}}tables/sweep.csv",
             caption="../report/sweep.rst",
             category="Tables",
         ),
-        md=f"{RESULTS}/tables/sweep.md",
+        md=f"{RESULTS}/{{round}}tables/sweep.md",
     log:
-        f"{RESULTS}/logs/tables.log",
+        f"{RESULTS}/logs/{{round}}tables.log",
     conda:
         ENV
     shell:
@@ -23,19 +23,19 @@ rule tables:
 
 rule plots:
     input:
-        table=f"{RESULTS}/tables/sweep.csv",
-        train=train_metrics(),
+        table=f"{RESULTS}/{{round}}tables/sweep.csv",
+        train=train_metrics,
     output:
         success=report(
-            f"{RESULTS}/plots/success_vs_cfg.png",
+            f"{RESULTS}/{{round}}plots/success_vs_cfg.png",
             caption="../report/success_vs_cfg.rst",
             category="Plots",
         ),
         heatmap=report(
-            f"{RESULTS}/plots/heatmap.png", caption="../report/heatmap.rst", category="Plots"
+            f"{RESULTS}/{{round}}plots/heatmap.png", caption="../report/heatmap.rst", category="Plots"
         ),
         curves=report(
-            f"{RESULTS}/plots/training_curves.png",
+            f"{RESULTS}/{{round}}plots/training_curves.png",
             caption="../report/training_curves.rst",
             category="Plots",
         ),
@@ -44,7 +44,7 @@ rule plots:
             f"{Path(m).parent.name}={m}" for m in input.train
         ),
     log:
-        f"{RESULTS}/logs/plots.log",
+        f"{RESULTS}/logs/{{round}}plots.log",
     conda:
         ENV
     shell:

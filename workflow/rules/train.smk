@@ -1,13 +1,14 @@
-# CFG post-training per (cond_mode, alpha_uncond); cfg_scale never enters training.
+# CFG post-training per (cond_mode, alpha_uncond), from the policy the round collected with;
+# cfg_scale never enters training.
 
 
 rule train:
     input:
-        labels=f"{RESULTS}/labels.parquet",
-        base=base_policy(),
+        labels=f"{RESULTS}/{{round}}labels.parquet",
+        init=start_policy,
     output:
-        policy=directory(f"{RESULTS}/train/{{cond_mode}}_a{{alpha}}/policy"),
-        metrics=f"{RESULTS}/train/{{cond_mode}}_a{{alpha}}/metrics.csv",
+        policy=directory(f"{RESULTS}/{{round}}train/{{cond_mode}}_a{{alpha}}/policy"),
+        metrics=f"{RESULTS}/{{round}}train/{{cond_mode}}_a{{alpha}}/metrics.csv",
     params:
         settings=settings(
             MODEL_KEYS + OPTIM_KEYS + ["train_steps", "learning_rate", "state_keys"]
@@ -15,15 +16,15 @@ rule train:
         out=lambda wildcards, output: str(Path(output.metrics).parent),
         train=TRAIN,
     log:
-        f"{RESULTS}/logs/train/{{cond_mode}}_a{{alpha}}.log",
+        f"{RESULTS}/logs/{{round}}train/{{cond_mode}}_a{{alpha}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/train/{{cond_mode}}_a{{alpha}}.tsv"
+        f"{RESULTS}/benchmarks/{{round}}train/{{cond_mode}}_a{{alpha}}.tsv"
     threads: 2
     resources:
         gpu=TRAIN_GPUS,
     conda:
         ENV
     shell:
-        "{params.train} --mode cfg --labels {input.labels} --init {input.base} "
+        "{params.train} --mode cfg --labels {input.labels} --init {input.init} "
         "--cond-mode {wildcards.cond_mode} --alpha-uncond {wildcards.alpha} "
         "{params.settings} --out {params.out} --resume --no-progress > {log} 2>&1"

@@ -1,0 +1,86 @@
+"""`ript choose`: the model the next round collects with (`rounds: N`, RIPT-style iteration).
+
+Round r + 1 starts from the best grid point of round r's sweep table: its trained policy,
+sampled at its cfg_scale. The chosen policy directory is a hard-linked copy of the trained one
+(π0's weights are not copied; a plain copy where links are impossible) whose policy.json
+carries the chosen cfg_scale, so every step that loads it without --cfg-scale samples the
+way it was evaluated; choice.json beside it records the chosen row.
+
+The choice is made on the evaluation init states, so later rounds' numbers on those init
+states include a selection effect; the rounds table says so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ript.config import CHECKPOINT_FILES, POLICY_FILE
+from ript.files import write_text_atomic
+
+
+def best_row(table_csv: str | Path) -> dict[str, Any]:
+    """The grid row marked best in a sweep.csv written by `ript tables`."""
+    table = pd.read_csv(table_csv, keep_default_na=False, na_values=[""])
+    missing = {"policy", "best", "cfg_scale", "metrics"} - set(table.columns)
+    if missing:
+        raise ValueError(f"{table_csv}: not a sweep table of `ript tables` (no {sorted(missing)})")
+    best = table[(table["policy"] == "cfg") & table["best"].astype(bool)]
+    if best.empty:
+        raise ValueError(f"{table_csv}: no grid row is marked best")
+    return best.iloc[0].to_dict()
+
+
+def link_tree(source: Path, target: Path) -> None:
+    """`target` as hard links to the files of `source` (copies across file systems)."""
+    target.mkdir(parents=True)
+    for item in source.iterdir():
+        if item.is_dir():
+            link_tree(item, target / item.name)
+            continue
+        try:
+            os.link(item, target / item.name)
+        except OSError:
+            shutil.copy2(item, target / item.name)
+
+
+def choose(table_csv: str | Path, out: str | Path) -> dict[str, Any]:
+    """Write `out`/policy (the chosen policy at its cfg_scale) and `out`/choice.json."""
+    row = best_row(table_csv)
+    metrics_path = Path(row["metrics"])
+    try:
+        source = Path(json.loads(metrics_path.read_text())["settings"]["policy"])
+    except (OSError, json.JSONDecodeError, KeyError) as e:
+        raise ValueError(f"{metrics_path}: no policy path in its settings ({e})") from e
+    absent = [name for name in (*CHECKPOINT_FILES, POLICY_FILE) if not (source / name).is_file()]
+    if absent:
+        raise ValueError(f"{source}: the best grid point's policy lacks {absent}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f"policy.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    link_tree(source, tmp)
+    settings = json.loads((source / POLICY_FILE).read_text())
+    settings["cfg_scale"] = float(row["cfg_scale"])
+    (tmp / POLICY_FILE).unlink()  # a new file: the link's target, the trained policy, stays
+    write_text_atomic(tmp / POLICY_FILE, json.dumps(settings, indent=2))
+    shutil.rmtree(out / "policy", ignore_errors=True)
+    os.replace(tmp, out / "policy")
+    choice = {
+        "policy": str(source),
+        "cond_mode": row["cond_mode"],
+        "alpha_uncond": float(row["alpha_uncond"]),
+        "cfg_scale": float(row["cfg_scale"]),
+        "success_rate": float(row["success_rate"]),
+        "ci95_low": float(row["ci95_low"]),
+        "ci95_high": float(row["ci95_high"]),
+        "n": int(row["n"]),
+        "table": str(table_csv),
+    }
+    write_text_atomic(out / "choice.json", json.dumps(choice, indent=2) + "\n")
+    return choice

@@ -1,0 +1,113 @@
+"""The sweep table's difference to the base: paired and independent Newcombe intervals."""
+
+import json
+
+import numpy as np
+import pytest
+
+from ript.evaluation.metrics import success_summary
+from ript.report.tables import (
+    markdown,
+    newcombe_difference,
+    paired_counts,
+    paired_newcombe_difference,
+    sweep_table,
+)
+
+
+def test_paired_interval_without_correlation_is_the_independent_one():
+    # phi = (4*6 - 4*6) / ... = 0: the pairing carries no information
+    both, only_1, only_2, neither = 4, 4, 6, 6
+    n = both + only_1 + only_2 + neither
+    paired = paired_newcombe_difference(both, only_1, only_2, neither)
+    independent = newcombe_difference(both + only_1, n, both + only_2, n)
+    assert paired == pytest.approx(independent)
+
+
+def test_paired_interval_is_antisymmetric_and_narrows_with_correlation():
+    d, low, high = paired_newcombe_difference(10, 8, 2, 30)
+    d_swap, low_swap, high_swap = paired_newcombe_difference(10, 2, 8, 30)
+    assert (d_swap, low_swap, high_swap) == pytest.approx((-d, -high, -low))
+    _, ind_low, ind_high = newcombe_difference(18, 50, 12, 50)
+    assert ind_low < low < d < high < ind_high
+
+
+def test_paired_interval_covers_the_true_difference_95_percent_of_the_time():
+    # correlated pairs: a shared init-state difficulty u decides both outcomes in part
+    rng = np.random.default_rng(0)
+    p1, p2, n, trials, covered, width_paired, width_ind = 0.45, 0.3, 50, 2000, 0, 0.0, 0.0
+    for _ in range(trials):
+        u = rng.random(n)
+        x1 = np.where(rng.random(n) < 0.6, u < p1, rng.random(n) < p1)
+        x2 = np.where(rng.random(n) < 0.6, u < p2, rng.random(n) < p2)
+        counts = (
+            int(np.sum(x1 & x2)),
+            int(np.sum(x1 & ~x2)),
+            int(np.sum(~x1 & x2)),
+            int(np.sum(~x1 & ~x2)),
+        )
+        _, low, high = paired_newcombe_difference(*counts)
+        covered += low <= p1 - p2 <= high
+        width_paired += high - low
+        _, low, high = newcombe_difference(int(x1.sum()), n, int(x2.sum()), n)
+        width_ind += high - low
+    assert 0.93 <= covered / trials <= 0.975
+    assert width_paired < 0.9 * width_ind
+
+
+def episodes(successes: list[bool]) -> list[dict]:
+    return [
+        {"task": i % 2, "init_state": i // 2, "rollout": 0, "success": s, "length": 10}
+        for i, s in enumerate(successes)
+    ]
+
+
+def test_paired_counts_need_the_same_episodes():
+    a, b = episodes([True, True, False, False]), episodes([True, False, True, False])
+    assert paired_counts(a, b) == (1, 1, 1, 1)
+    assert paired_counts(a, b[:3]) is None
+    assert paired_counts(a, [{**e, "rollout": 1} for e in b]) is None
+    assert paired_counts(a + a[:1], b + b[:1]) is None
+    assert paired_counts([], []) is None
+
+
+def write_metrics(path, successes, training=None, cfg_scale=None, with_episodes=True, policy=""):
+    m = {
+        "overall": {**success_summary(sum(successes), len(successes)), "mean_episode_length": 10},
+        "per_task": {"0": {"success_rate": 0.5}, "1": {"success_rate": 0.5}},
+        "inference": {"mean_ms_per_chunk": 1.0},
+        "settings": {"training": training, "cfg_scale": cfg_scale, "policy": str(policy)},
+    }
+    if with_episodes:
+        m["episodes"] = episodes(successes)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(m))
+    return str(path)
+
+
+@pytest.mark.parametrize("base_has_episodes", [True, False])
+def test_sweep_table_pairs_rows_with_the_base_when_the_episodes_match(tmp_path, base_has_episodes):
+    base_ok = [True] * 10 + [False] * 30
+    trained_ok = [True] * 10 + [True] * 12 + [False] * 18  # never worse than the base
+    base = write_metrics(tmp_path / "base.json", base_ok, with_episodes=base_has_episodes)
+    training = {"mode": "cfg", "cond_mode": "bias", "alpha_uncond": 0.1}
+    grid = [write_metrics(tmp_path / "g.json", trained_ok, training, 2.0)]
+    table = sweep_table(grid, base)
+    row = table.iloc[1]
+    if base_has_episodes:
+        expected, method = paired_newcombe_difference(10, 12, 0, 18), "paired"
+    else:
+        expected, method = newcombe_difference(22, 40, 10, 40), "independent"
+    assert row["diff_interval"] == method
+    assert (row["diff_vs_base"], row["diff_ci95_low"], row["diff_ci95_high"]) == pytest.approx(
+        expected
+    )
+    assert row["success_rate"] == 22 / 40 and row["best"]
+    assert ("paired outcomes" in markdown(table)) == base_has_episodes
+
+
+def test_a_metrics_file_without_its_blocks_is_named(tmp_path):
+    bad = tmp_path / "metrics.json"
+    bad.write_text(json.dumps({"overall": {}}))
+    with pytest.raises(ValueError, match=r"metrics\.json.*per_task"):
+        sweep_table([], bad)
