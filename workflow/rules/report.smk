@@ -14,6 +14,8 @@ rule tables:
         md=f"{RESULTS}/{{round}}tables/sweep.md",
     log:
         f"{RESULTS}/logs/{{round}}tables.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/{{round}}tables.tsv"
     conda:
         ENV
     shell:
@@ -45,6 +47,8 @@ rule plots:
         ),
     log:
         f"{RESULTS}/logs/{{round}}plots.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/{{round}}plots.tsv"
     conda:
         ENV
     shell:

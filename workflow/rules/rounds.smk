@@ -11,6 +11,8 @@ rule choose:
         out=lambda wildcards, output: str(Path(output.choice).parent),
     log:
         f"{RESULTS}/logs/{{round}}choose.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/{{round}}choose.tsv"
     conda:
         ENV
     shell:
@@ -27,6 +29,8 @@ rule rounds_table:
         md=f"{RESULTS}/tables/rounds.md",
     log:
         f"{RESULTS}/logs/rounds_table.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/rounds_table.tsv"
     conda:
         ENV
     shell:
