@@ -8,6 +8,7 @@
 configfile: "config/config.yaml"
 
 
+# `round` is a path prefix: empty for round 1 (results/<experiment>/...), "round<r>/" after.
 wildcard_constraints:
     round=r"(round([2-9]|[1-9][0-9]+)/)?",
     task=r"\d+",
