@@ -36,7 +36,8 @@ report: "workflow/report/workflow.rst"
 
 rule sweep:
     input:
-        round_outputs(),
+        expand([*rules.tables.output, *rules.plots.output], round=ROUND_PREFIXES),
+        rules.rounds_table.output if len(ROUND_PREFIXES) > 1 else [],
 
 
 rule eval:

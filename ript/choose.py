@@ -18,22 +18,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
-from ript.config import CHECKPOINT_FILES, POLICY_FILE
+from ript.config import CHECKPOINT_FILES, POLICY_FILE, missing_files
 from ript.files import write_text_atomic
-
-
-def best_row(table_csv: str | Path) -> dict[str, Any]:
-    """The grid row marked best in a sweep.csv written by `ript tables`."""
-    table = pd.read_csv(table_csv, keep_default_na=False, na_values=[""])
-    missing = {"policy", "best", "cfg_scale", "metrics"} - set(table.columns)
-    if missing:
-        raise ValueError(f"{table_csv}: not a sweep table of `ript tables` (no {sorted(missing)})")
-    best = table[(table["policy"] == "cfg") & table["best"].astype(bool)]
-    if best.empty:
-        raise ValueError(f"{table_csv}: no grid row is marked best")
-    return best.iloc[0].to_dict()
+from ript.report.tables import best_row, read_sweep
 
 
 def link_tree(source: Path, target: Path) -> None:
@@ -51,13 +38,13 @@ def link_tree(source: Path, target: Path) -> None:
 
 def choose(table_csv: str | Path, out: str | Path) -> dict[str, Any]:
     """Write `out`/policy (the chosen policy at its cfg_scale) and `out`/choice.json."""
-    row = best_row(table_csv)
+    row = best_row(read_sweep(table_csv), table_csv)
     metrics_path = Path(row["metrics"])
     try:
         source = Path(json.loads(metrics_path.read_text())["settings"]["policy"])
     except (OSError, json.JSONDecodeError, KeyError) as e:
         raise ValueError(f"{metrics_path}: no policy path in its settings ({e})") from e
-    absent = [name for name in (*CHECKPOINT_FILES, POLICY_FILE) if not (source / name).is_file()]
+    absent = missing_files(source, (*CHECKPOINT_FILES, POLICY_FILE))
     if absent:
         raise ValueError(f"{source}: the best grid point's policy lacks {absent}")
     out = Path(out)

@@ -316,11 +316,10 @@ def _add_plots(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_plots(args: argparse.Namespace) -> None:
-    import pandas as pd
-
     from ript.report.plots import heatmap, success_vs_cfg, training_curves
+    from ript.report.tables import read_sweep
 
-    table = pd.read_csv(args.table, keep_default_na=False, na_values=[""])
+    table = read_sweep(args.table)
     success_vs_cfg(table, args.success_vs_cfg)
     heatmap(table, args.heatmap)
     runs = dict(item.split("=", 1) for item in args.train_metrics)

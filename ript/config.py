@@ -42,6 +42,11 @@ CHECKPOINT_FILES = ("config.json", "model.safetensors", "norm_stats.json")
 POLICY_FILE = "policy.json"
 
 
+def missing_files(directory: str | Path, names: tuple[str, ...] = CHECKPOINT_FILES) -> list[str]:
+    """Which of `names` `directory` lacks (all of a checkpoint's files by default)."""
+    return [name for name in names if not (Path(directory) / name).is_file()]
+
+
 class ConfigError(ValueError):
     """A config key or value that is not allowed; the message names both."""
 
@@ -156,7 +161,7 @@ def _check_checkpoint_paths(config: dict[str, Any], source: str) -> None:
             "checkpoint (ours or a stock PI0 save_pretrained directory), or null to bootstrap "
             "a base policy from expert demonstrations"
         )
-    missing = [name for name in CHECKPOINT_FILES if not (Path(path) / name).is_file()]
+    missing = missing_files(path)
     if missing:
         raise ConfigError(
             f"{source}: key 'pretrained_path': {path!r} lacks {missing}; a base checkpoint "

@@ -8,7 +8,7 @@ from test_tables import write_metrics
 
 from ript.choose import choose
 from ript.config import CHECKPOINT_FILES, POLICY_FILE
-from ript.report.tables import rounds_markdown, rounds_table, write_tables
+from ript.report.tables import read_sweep, rounds_markdown, rounds_table, write_tables
 
 
 def fake_policy(path, cfg_scale=1.0):
@@ -70,7 +70,7 @@ def test_choose_names_what_is_missing(tmp_path):
 def test_rounds_table_lists_each_rounds_best_point(tmp_path):
     first, _ = sweep(tmp_path, {1.0: [True] * 5 + [False] * 5, 2.0: [True] * 6 + [False] * 4})
     second, _ = sweep(tmp_path, {1.0: [True] * 8 + [False] * 2}, name="round2.csv")
-    table = rounds_table([first, second])
+    table = rounds_table([read_sweep(first), read_sweep(second)], [first, second])
     assert table["round"].tolist() == [1, 2]
     assert table["success_rate"].tolist() == [0.6, 0.8]
     assert table["cfg_scale"].tolist() == [2.0, 1.0]

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PI0Config, PreTrainedTokenizerBase
 
-from ript.config import CHECKPOINT_FILES, POLICY_FILE
+from ript.config import POLICY_FILE, missing_files
 from ript.data.norm_stats import MODES, NormStats
 from ript.files import write_text_atomic
 from ript.models.cfg_pi0 import CFGPI0Config, CFGPI0ForConditionalGeneration
@@ -333,9 +333,9 @@ class Policy:
         path = Path(path)
         if not path.is_dir():
             raise CheckpointError(f"{path}: checkpoint directory not found")
-        for name in CHECKPOINT_FILES:
-            if not (path / name).is_file():
-                raise CheckpointError(f"{path}: checkpoint lacks {name}")
+        missing = missing_files(path)
+        if missing:
+            raise CheckpointError(f"{path}: checkpoint lacks {', '.join(missing)}")
         try:
             model_type = json.loads((path / "config.json").read_text()).get("model_type")
         except json.JSONDecodeError as e:

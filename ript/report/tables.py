@@ -150,6 +150,16 @@ def sweep_table(grid: list[str | Path], base: str | Path) -> pd.DataFrame:
     return table
 
 
+def success_cell(r: dict[str, Any]) -> str:
+    return f"{r['success_rate']:.2f} [{r['ci95_low']:.2f}, {r['ci95_high']:.2f}]"
+
+
+def diff_cell(r: dict[str, Any]) -> str:
+    return f"{r['diff_vs_base']:+.2f} [{r['diff_ci95_low']:+.2f}, {r['diff_ci95_high']:+.2f}]" + (
+        " *" if r["resolved_vs_base"] else ""
+    )
+
+
 def markdown(table: pd.DataFrame) -> str:
     tasks = [c for c in table.columns if c.startswith("task")]
     header = (
@@ -165,18 +175,13 @@ def markdown(table: pd.DataFrame) -> str:
             if r["ms_per_chunk"] is None or pd.isna(r["ms_per_chunk"])
             else f"{r['ms_per_chunk']:.1f}"
         )
-        diff = (
-            ""
-            if r["policy"] == "base"
-            else f"{r['diff_vs_base']:+.2f} [{r['diff_ci95_low']:+.2f}, {r['diff_ci95_high']:+.2f}]"
-            + (" *" if r["resolved_vs_base"] else "")
-        )
+        diff = "" if r["policy"] == "base" else diff_cell(r)
         cells = [
             name,
             r["cond_mode"],
             "" if pd.isna(r["alpha_uncond"]) else f"{r['alpha_uncond']:g}",
             "" if pd.isna(r["cfg_scale"]) else f"{r['cfg_scale']:g}",
-            f"{r['success_rate']:.2f} [{r['ci95_low']:.2f}, {r['ci95_high']:.2f}]",
+            success_cell(r),
             str(r["n"]),
             *[f"{r[t]:.2f}" for t in tasks],
             f"{r['mean_episode_length']:.0f}",
@@ -198,13 +203,17 @@ def markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_texts(texts: dict[str | Path, str]) -> None:
+    for out, text in texts.items():
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(out, text)
+
+
 def write_tables(
     grid: list[str], base: str, csv_out: str | Path, md_out: str | Path
 ) -> pd.DataFrame:
     table = sweep_table(grid, base)
-    for out, text in ((Path(csv_out), table.to_csv(index=False)), (Path(md_out), markdown(table))):
-        out.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(out, text)
+    write_texts({csv_out: table.to_csv(index=False), md_out: markdown(table)})
     return table
 
 
@@ -214,15 +223,29 @@ ROUND_COLUMNS = [
 ]  # fmt: skip
 
 
-def rounds_table(sweeps: list[str | Path]) -> pd.DataFrame:
-    """The best grid point of each round's sweep.csv, in round order (round 1 first)."""
+def read_sweep(path: str | Path) -> pd.DataFrame:
+    """A sweep.csv written by `write_tables` (empty cells of the base row stay NaN)."""
+    table = pd.read_csv(path, keep_default_na=False, na_values=[""])
+    missing = {"policy", "best", "cfg_scale", "metrics", *ROUND_COLUMNS} - set(table.columns)
+    if missing:
+        raise ValueError(f"{path}: not a sweep table of `ript tables` (no {sorted(missing)})")
+    return table
+
+
+def best_row(table: pd.DataFrame, path: str | Path) -> dict[str, Any]:
+    """The grid row marked best in `table`, read from `path`."""
+    best = table[(table["policy"] == "cfg") & table["best"].astype(bool)]
+    if best.empty:
+        raise ValueError(f"{path}: no grid row is marked best")
+    return best.iloc[0].to_dict()
+
+
+def rounds_table(sweeps: list[pd.DataFrame], paths: list[str | Path]) -> pd.DataFrame:
+    """The best grid point of each round's sweep table, in round order (round 1 first)."""
     rows = []
-    for number, path in enumerate(sweeps, start=1):
-        table = pd.read_csv(path, keep_default_na=False, na_values=[""])
-        best = table[(table["policy"] == "cfg") & table["best"].astype(bool)]
-        if best.empty:
-            raise ValueError(f"{path}: no grid row is marked best")
-        rows.append({"round": number, **best.iloc[0][ROUND_COLUMNS].to_dict(), "sweep": str(path)})
+    for number, (table, path) in enumerate(zip(sweeps, paths, strict=True), start=1):
+        best = best_row(table, path)
+        rows.append({"round": number, **{c: best[c] for c in ROUND_COLUMNS}, "sweep": str(path)})
     return pd.DataFrame(rows)
 
 
@@ -230,15 +253,14 @@ def rounds_markdown(table: pd.DataFrame, base_success: str) -> str:
     header = ["round", "best cond_mode", "alpha_uncond", "cfg_scale", "success (95% CI)", "n"]
     lines = ["| " + " | ".join([*header, "vs base (95% CI)"]) + " |", "|" + "---|" * 7]
     for r in table.to_dict("records"):
-        diff = f"{r['diff_vs_base']:+.2f} [{r['diff_ci95_low']:+.2f}, {r['diff_ci95_high']:+.2f}]"
         cells = [
             str(r["round"]),
             r["cond_mode"],
             f"{r['alpha_uncond']:g}",
             f"{r['cfg_scale']:g}",
-            f"{r['success_rate']:.2f} [{r['ci95_low']:.2f}, {r['ci95_high']:.2f}]",
+            success_cell(r),
             str(r["n"]),
-            diff + (" *" if r["resolved_vs_base"] else ""),
+            diff_cell(r),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
@@ -251,13 +273,8 @@ def rounds_markdown(table: pd.DataFrame, base_success: str) -> str:
 
 
 def write_rounds_table(sweeps: list[str], csv_out: str | Path, md_out: str | Path) -> pd.DataFrame:
-    table = rounds_table(sweeps)
-    first = pd.read_csv(sweeps[0], keep_default_na=False, na_values=[""]).iloc[0]
-    base = f"{first['success_rate']:.2f} [{first['ci95_low']:.2f}, {first['ci95_high']:.2f}]"
-    for out, text in (
-        (Path(csv_out), table.to_csv(index=False)),
-        (Path(md_out), rounds_markdown(table, base)),
-    ):
-        out.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(out, text)
+    tables = [read_sweep(path) for path in sweeps]
+    table = rounds_table(tables, sweeps)
+    base = success_cell(tables[0].iloc[0].to_dict())
+    write_texts({csv_out: table.to_csv(index=False), md_out: rounds_markdown(table, base)})
     return table

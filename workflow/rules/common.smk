@@ -129,21 +129,3 @@ def train_metrics(wildcards):
         cond_mode=COND_MODES,
         alpha=ALPHAS,
     )
-
-
-def round_outputs():
-    """Every round's sweep table and plots, and the rounds table when there are several."""
-    outputs = [
-        f"{RESULTS}/{prefix}{name}"
-        for prefix in ROUND_PREFIXES
-        for name in (
-            "tables/sweep.csv",
-            "tables/sweep.md",
-            "plots/success_vs_cfg.png",
-            "plots/heatmap.png",
-            "plots/training_curves.png",
-        )
-    ]
-    if len(ROUND_PREFIXES) > 1:
-        outputs += [f"{RESULTS}/tables/rounds.csv", f"{RESULTS}/tables/rounds.md"]
-    return outputs
