@@ -68,9 +68,27 @@ def test_lowdim_inputs_are_padded_and_normalised(lowdim_policy):
     assert (x["state"][:, 36:] == 0).all()
     assert "pixel_values" not in x
     assert torch.equal(x["input_ids"][0], x["input_ids"][1])  # prompts are lower-cased
-    assert x["input_ids"].shape == (2, LOWDIM.max_prompt_tokens)
+    assert x["input_ids"].shape == (2, 1 + len(PROMPT.split()))  # <bos> + words, no padding
     unk = lowdim_policy.tokenizer.unk_token_id
     assert unk not in x["input_ids"][0].tolist()  # every LIBERO word is in the vocabulary
+
+
+def test_padding_to_the_longest_prompt_does_not_change_actions(lowdim_policy):
+    """A batch pads to its longest prompt (capped at max_prompt_tokens); the padding is
+    masked and positions come from the mask, so an episode's actions do not depend on the
+    prompts that share its batch."""
+    short, noise = "open the drawer", torch.randn(2, 6, 8)
+    x = lowdim_policy.prepare(lowdim_obs(), [short, PROMPT])
+    assert x["input_ids"].shape[1] == 1 + len(PROMPT.split())
+    assert x["attention_mask"][0].tolist() == [1] * 4 + [0] * (len(PROMPT.split()) - 3)
+    together = lowdim_policy.sample_actions(lowdim_obs(), [short, PROMPT], 2.0, noise)
+    for i, prompt in enumerate([short, PROMPT]):
+        obs = {k: v[i : i + 1] for k, v in lowdim_obs().items()}
+        alone = lowdim_policy.sample_actions(obs, [prompt], 2.0, noise[i : i + 1])
+        np.testing.assert_allclose(together[i : i + 1], alone, rtol=1e-4, atol=1e-5)
+    long = " ".join([PROMPT] * 10)
+    capped = lowdim_policy.prepare(lowdim_obs(), [long, short])
+    assert capped["input_ids"].shape[1] == LOWDIM.max_prompt_tokens
 
 
 def test_unbatched_observation_gets_a_batch_dim(lowdim_policy):

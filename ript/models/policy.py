@@ -51,6 +51,8 @@ class PolicySettings:
     camera_keys: list[str] = field(default_factory=list)  # in camera-slot order
     num_camera_slots: int = 0  # pi0 has 3 (base, left wrist, right wrist); unused ones masked
     action_dim: int = 7
+    # a cap (openpi's 48): batches are padded to their longest prompt only, which gives the
+    # same outputs (masked keys, positions from the mask) at a third of the prefix cost
     max_prompt_tokens: int = 48
     normalization: str = "zscore"
     num_steps: int = 10
@@ -170,7 +172,7 @@ class Policy:
         padded[:, : state.shape[1]] = state
         text = self.tokenizer(
             [p.strip().lower() for p in prompts],
-            padding="max_length",
+            padding="longest",
             truncation=True,
             max_length=self.settings.max_prompt_tokens,
             return_tensors="pt",
