@@ -27,9 +27,6 @@ MICRO = {
     "train_init_states": [0, 2],
     "eval_init_states": [25, 27],
     "max_episode_length": 120,
-    # pinned: the micro run must not follow the default's tuning
-    "demos_per_init": 2,
-    "expert_action_noise": 0.3,
     "num_parallel_envs": 1,
     "rollouts_per_init": 2,
     "collect_init_chunk": 1,
