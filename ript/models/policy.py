@@ -52,7 +52,7 @@ class PolicySettings:
     num_camera_slots: int = 0  # pi0 has 3 (base, left wrist, right wrist); unused ones masked
     action_dim: int = 7
     # a cap (openpi's 48): batches are padded to their longest prompt only, which gives the
-    # same outputs (masked keys, positions from the mask) at a third of the prefix cost
+    # same outputs (masked keys, positions from the mask); LIBERO-Object prompts are 12 tokens
     max_prompt_tokens: int = 48
     normalization: str = "zscore"
     num_steps: int = 10
