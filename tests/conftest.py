@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 
 from ript.envs.libero_env import prepare_process_environment
@@ -37,11 +39,14 @@ class RandomPolicy:
 class KillingPolicy(RandomPolicy):
     """Kills a simulator worker with SIGKILL on one call, mid-episode."""
 
-    def __init__(self, pool: EnvPool, kill_on_call: int, worker: int = 0) -> None:
+    def __init__(
+        self, pool: EnvPool, kill_on_call: int, worker: int = 0, until_dead: bool = False
+    ) -> None:
         super().__init__()
         self.pool = pool
         self.kill_on_call = kill_on_call
         self.worker = worker
+        self.until_dead = until_dead
         self.killed_pid: int | None = None
 
     def act(self, requests: list[PolicyRequest]) -> np.ndarray:
@@ -49,6 +54,10 @@ class KillingPolicy(RandomPolicy):
         if self.calls == self.kill_on_call:
             self.killed_pid = self.pool.worker_pids[self.worker]
             os.kill(self.killed_pid, signal.SIGKILL)
+            if self.until_dead:  # the pool's next send then meets a closed pipe
+                victim = psutil.Process(self.killed_pid)
+                while victim.status() != psutil.STATUS_ZOMBIE:
+                    time.sleep(0.01)
         return out
 
 

@@ -69,6 +69,19 @@ def test_killed_worker_is_recovered_with_the_exact_episode_count(lowdim_pool):
         np.testing.assert_array_equal(got.states, want.states)
 
 
+def test_worker_dead_before_its_next_chunk_is_sent_is_restarted():
+    """The worker is gone when the pool sends it the next chunk (a broken pipe on send),
+    not while the pool waits for its reply (EOF on receive): seen in CI as a crash."""
+    specs = short_specs(n_init=1, k=2)
+    with small_pool(2) as pool:
+        policy = KillingPolicy(pool, kill_on_call=2, worker=1, until_dead=True)
+        episodes = pool.run(specs, policy, progress=False)
+        assert pool.stats.worker_restarts == 1
+        assert policy.killed_pid not in pool.worker_pids
+    assert [e.spec.episode_index for e in episodes] == [s.episode_index for s in specs]
+    assert all(e.length == 130 for e in episodes)
+
+
 def test_expert_succeeds_and_videos_are_written(lowdim_pool, tmp_path):
     specs = short_specs(n_init=2, k=1, n_video=2)
     episodes = lowdim_pool.run(specs, ScriptedExpert(), progress=False)

@@ -203,7 +203,10 @@ class _Worker:
         self.sent_at = 0.0
 
     def send(self, cmd: str, payload: Any) -> None:
-        self.conn.send((cmd, payload))
+        # A worker that died since its last reply breaks the pipe here; the reply is still
+        # marked due, so the gather that waits for it sees EOF and restarts the worker.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            self.conn.send((cmd, payload))
         self.awaiting = cmd
         if cmd == "step":
             self.pending_chunk = payload
