@@ -55,8 +55,9 @@ class KillingPolicy(RandomPolicy):
             self.killed_pid = self.pool.worker_pids[self.worker]
             os.kill(self.killed_pid, signal.SIGKILL)
             if self.until_dead:  # the pool's next send then meets a closed pipe
-                victim = psutil.Process(self.killed_pid)
-                while victim.status() != psutil.STATUS_ZOMBIE:
+                victim, deadline = psutil.Process(self.killed_pid), time.monotonic() + 30
+                while victim.status() != psutil.STATUS_ZOMBIE:  # exited, not yet reaped
+                    assert time.monotonic() < deadline, f"worker {self.killed_pid} outlived SIGKILL"
                     time.sleep(0.01)
         return out
 
