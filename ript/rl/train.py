@@ -348,13 +348,9 @@ class Trainer:
                     shutil.rmtree(old, ignore_errors=True)
         dist.barrier()
 
-    def latest_checkpoint(self) -> Path | None:
-        found = sorted(self.checkpoint_dir.glob("step_*"))
-        return found[-1] if found else None
-
     def resume(self) -> bool:
         """Continue from the last checkpoint; False when there is none."""
-        path = self.latest_checkpoint()
+        path = latest_checkpoint(self.checkpoint_dir)
         if path is None:
             return False
         try:
@@ -441,6 +437,12 @@ def run_identity(config: dict[str, Any], inputs: list[str | None], **run: Any) -
         files += [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in members]
     blob = json.dumps(dict(config=config, run=run, files=files), sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
+    """The newest complete checkpoints/step_N (a half-written one is still a .tmp- name)."""
+    found = sorted(checkpoint_dir.glob("step_*"))
+    return found[-1] if found else None
 
 
 class MetricsLog:

@@ -21,6 +21,7 @@ from micro import MICRO, ROOT
 from safetensors.torch import load_file
 
 from ript.data.episode_store import read_index
+from ript.rl.train import latest_checkpoint
 
 pytestmark = pytest.mark.sim
 
@@ -47,8 +48,8 @@ def train_command(micro_run: Path, out: Path, *settings: str) -> list[str]:
 
 
 def latest_checkpoint_step(out: Path) -> int:
-    found = sorted((out / "checkpoints").glob("step_*"))
-    return int(found[-1].name.removeprefix("step_")) if found else 0
+    found = latest_checkpoint(out / "checkpoints")
+    return int(found.name.removeprefix("step_")) if found else 0
 
 
 def assert_same_weights(a: Path, b: Path) -> None:
