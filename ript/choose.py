@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ript.config import CHECKPOINT_FILES, POLICY_FILE, missing_files
-from ript.files import write_text_atomic
+from ript.files import atomic_output, write_text_atomic
 from ript.report.tables import best_row, read_sweep
 
 
@@ -49,15 +49,12 @@ def choose(table_csv: str | Path, out: str | Path) -> dict[str, Any]:
         raise ValueError(f"{source}: the best grid point's policy lacks {absent}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f"policy.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    link_tree(source, tmp)
-    settings = json.loads((source / POLICY_FILE).read_text())
-    settings["cfg_scale"] = float(row["cfg_scale"])
-    (tmp / POLICY_FILE).unlink()  # a new file: the link's target, the trained policy, stays
-    write_text_atomic(tmp / POLICY_FILE, json.dumps(settings, indent=2))
-    shutil.rmtree(out / "policy", ignore_errors=True)
-    os.replace(tmp, out / "policy")
+    with atomic_output(out / "policy") as tmp:
+        link_tree(source, tmp)
+        settings = json.loads((source / POLICY_FILE).read_text())
+        settings["cfg_scale"] = float(row["cfg_scale"])
+        (tmp / POLICY_FILE).unlink()  # a new file: the link's target, the trained policy, stays
+        (tmp / POLICY_FILE).write_text(json.dumps(settings, indent=2))
     choice = {
         "policy": str(source),
         "cond_mode": row["cond_mode"],

@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -13,6 +14,8 @@ from typing import Any
 import yaml
 
 from ript.config import ConfigError, load_config
+from ript.files import OutputBusyError, WriteError
+from ript.interrupt import Interrupted, install_interrupt_handlers
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -344,14 +347,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Every failure the user can act on is one line on stderr: exit 2 for bad input or a
+    write that failed (disk full, permission), 128 + N when stopped by signal N."""
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
+    install_interrupt_handlers()
     try:
         args.run(args)
-    except (ConfigError, ValueError, FileNotFoundError) as e:
-        print(f"ript {args.step}: error: {e}", file=sys.stderr)
+    except (ConfigError, ValueError, OSError, OutputBusyError) as e:
+        print(f"ript {args.step}: error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except Interrupted as e:
+        print(f"ript {args.step}: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"ript {args.step}: stopped by SIGINT; no output was written", file=sys.stderr)
+        return 128 + signal.SIGINT
     return 0
+
+
+def _one_line(error: BaseException) -> str:
+    """The message, with the path an OSError names (h5py and others put it elsewhere)."""
+    if isinstance(error, OSError) and not isinstance(error, WriteError):
+        where = f"{error.filename}: " if error.filename else ""
+        return where + " ".join((error.strerror or str(error)).split())
+    return str(error)
 
 
 if __name__ == "__main__":

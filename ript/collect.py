@@ -11,9 +11,17 @@ import pandas as pd
 
 from ript.data.episode_store import write_shard
 from ript.envs.expert import ScriptedExpert
-from ript.envs.pool import EnvPool, Episode, EpisodeSpec, RolloutPolicy, RolloutStats
-from ript.envs.suites import check_suite_task, max_episode_length
+from ript.envs.pool import (
+    EnvPool,
+    Episode,
+    EpisodeSpec,
+    RolloutPolicy,
+    RolloutStats,
+    usable_workers,
+)
+from ript.envs.suites import NUM_FIXED_INIT_STATES, check_suite_task, max_episode_length
 from ript.envs.video import write_video
+from ript.files import claim
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +45,12 @@ def parse_init_states(value: str, config: dict[str, Any]) -> tuple[int, int]:
         ) from None
     if not 0 <= start < stop:
         raise ValueError(f"--init-states {value!r}: need 0 <= START < STOP")
+    if config["use_init_states"] and stop > NUM_FIXED_INIT_STATES:
+        raise ValueError(
+            f"--init-states {value!r}: {config['suite']} has {NUM_FIXED_INIT_STATES} fixed init "
+            f"states (0..{NUM_FIXED_INIT_STATES - 1}); STOP must be <= {NUM_FIXED_INIT_STATES} "
+            "(or set use_init_states: false for seeded random resets)"
+        )
     return start, stop
 
 
@@ -108,9 +122,10 @@ def load_rollout_policy(
     )
 
 
-def make_pool(config: dict[str, Any], num_workers: int | None = None) -> EnvPool:
+def make_pool(config: dict[str, Any], num_episodes: int) -> EnvPool:
+    """The configured pool, with no more workers than the episodes, cores and memory serve."""
     return EnvPool(
-        num_workers or config["num_parallel_envs"],
+        usable_workers(config["num_parallel_envs"], num_episodes),
         max_episode_length=max_episode_length(config["suite"], config["max_episode_length"]),
         num_steps_wait=config["num_steps_wait"],
         replan_steps=config["replan_steps"],
@@ -168,7 +183,7 @@ def run_rollouts(
         use_init_states=config["use_init_states"],
         n_video=n_video,
     )
-    with make_pool(config) as pool:
+    with make_pool(config, len(specs)) as pool:
         episodes = pool.run(specs, policy, progress=progress, desc=desc)
         return episodes, pool.stats
 
@@ -188,19 +203,21 @@ def collect(
     out = Path(out)
     if rollouts_per_init is not None and rollouts_per_init < 1:
         raise ValueError(f"--rollouts-per-init {rollouts_per_init}: expected >= 1")
-    policy = load_rollout_policy(policy_name, config, cfg_scale)
-    episodes, stats = run_rollouts(
-        config,
-        policy,
-        init_states=parse_init_states(init_states, config),
-        rollouts_per_init=rollouts_per_init or config["rollouts_per_init"],
-        n_video=config["n_video"],
-        progress=progress,
-        desc=f"collect {out.name}",
-    )
-    write_shard(out, episodes, policy_id=policy.policy_id)
-    video_dir = Path(config["video_dir"]) if config["video_dir"] else out.parent / "videos"
-    for ep in episodes:
-        if ep.frames:
-            log.info("video: %s", write_video(ep, video_dir, config["video_fps"]))
+    init_range = parse_init_states(init_states, config)
+    with claim(out):
+        policy = load_rollout_policy(policy_name, config, cfg_scale)
+        episodes, stats = run_rollouts(
+            config,
+            policy,
+            init_states=init_range,
+            rollouts_per_init=rollouts_per_init or config["rollouts_per_init"],
+            n_video=config["n_video"],
+            progress=progress,
+            desc=f"collect {out.name}",
+        )
+        write_shard(out, episodes, policy_id=policy.policy_id)
+        video_dir = Path(config["video_dir"]) if config["video_dir"] else out.parent / "videos"
+        for ep in episodes:
+            if ep.frames:
+                log.info("video: %s", write_video(ep, video_dir, config["video_fps"]))
     return episodes, stats

@@ -7,6 +7,7 @@ override the matching keys, and say so in the log.
 from __future__ import annotations
 
 import difflib
+import json
 import logging
 import os
 from importlib.resources import files
@@ -16,7 +17,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from ript.envs.suites import NUM_FIXED_INIT_STATES, SUITE_NUM_TASKS
+from ript.envs.suites import EXPERT_SUITES, NUM_FIXED_INIT_STATES, SUITE_NUM_TASKS
 from ript.models.tokenizer import TOKENIZER_FILES, has_tokenizer
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,62 @@ def _describe(error: jsonschema.ValidationError, source: str) -> str:
     return f"{source}: key '{path}': {error.message}"
 
 
+def path_number(value: float) -> str:
+    """The one spelling of a float in paths, wildcards and tables: 0.1, 1, 1.5, 1e-05."""
+    return f"{float(value):g}"
+
+
+def _check_grid_values(config: dict[str, Any], source: str) -> None:
+    """Two values that share a spelling would share a results directory and a table row."""
+    for key in ("cfg_scale", "alpha_uncond"):
+        seen: dict[str, float] = {}
+        for value in config[key]:
+            spelling = path_number(value)
+            if spelling in seen:
+                raise ConfigError(
+                    f"{source}: key '{key}': {seen[spelling]!r} and {value!r} are the same value "
+                    f"to 6 significant digits (both {spelling!r} in paths and tables); keep one"
+                )
+            seen[spelling] = value
+
+
+def _check_bootstrap(config: dict[str, Any], source: str) -> None:
+    """Without pretrained_path the base is trained on the scripted expert's demonstrations,
+    which exist only for the suites it was written for and need the object poses."""
+    if config["pretrained_path"] is not None:
+        return
+    if config["suite"] not in EXPERT_SUITES:
+        raise ConfigError(
+            f"{source}: key 'suite': {config['suite']!r} without pretrained_path; the base "
+            f"policy is bootstrapped from the scripted expert, which covers only "
+            f"{', '.join(EXPERT_SUITES)}. Set pretrained_path to a policy for this suite"
+        )
+    if not config["privileged_object_state"]:
+        raise ConfigError(
+            f"{source}: key 'privileged_object_state': false without pretrained_path; the "
+            "scripted expert that records the demonstrations reads the object poses. Set it "
+            "to true or set pretrained_path"
+        )
+
+
+def _check_chunk_size(config: dict[str, Any], source: str) -> None:
+    """Training targets are chunks of the checkpoint's length; another length would be
+    zero-padded (training towards no motion) or fail deep inside the model."""
+    path = config["pretrained_path"]
+    if path is None:
+        return
+    try:
+        saved = json.loads((Path(path) / "config.json").read_text())["chunk_size"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+        return  # Policy.from_pretrained names what is wrong with the file
+    if saved != config["chunk_size"]:
+        raise ConfigError(
+            f"{source}: key 'chunk_size': {config['chunk_size']} but the checkpoint at "
+            f"pretrained_path {path!r} predicts chunks of {saved} actions; set chunk_size: "
+            f"{saved}"
+        )
+
+
 def _check_cross_keys(config: dict[str, Any], source: str) -> None:
     suite = config["suite"]
     n_tasks = SUITE_NUM_TASKS[suite]
@@ -138,6 +195,9 @@ def _check_cross_keys(config: dict[str, Any], source: str) -> None:
             f"device: cuda, not {config['device']!r}"
         )
     _check_checkpoint_paths(config, source)
+    _check_chunk_size(config, source)
+    _check_bootstrap(config, source)
+    _check_grid_values(config, source)
     if config["n_video"] > 0 and config["render_source"] == "obs" and not config["cameras"]:
         raise ConfigError(
             f"{source}: key 'render_source': 'obs' takes video frames from the camera "
@@ -212,20 +272,54 @@ def apply_env_overrides(config: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` that refuses a key given twice in one mapping (plain YAML keeps
+    the last one silently)."""
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False):
+    lines: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        line = key_node.start_mark.line + 1
+        if key in lines:
+            raise ConfigError(
+                f"{key_node.start_mark.name}: key {key!r} is given twice (lines {lines[key]} and "
+                f"{line}); keep one"
+            )
+        lines[key] = line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The mapping an experiment YAML holds; an empty file, a key given twice or anything but
+    a mapping is refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        with path.open() as f:
+            raw = yaml.load(f, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from e
+    if raw is None:
+        raise ConfigError(
+            f"{path}: the file holds no keys; an experiment config is a mapping of config keys "
+            "(config/README.md lists them), e.g. 'experiment: my_run'"
+        )
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"{path}: expected a mapping of config keys to values, got {type(raw).__name__}"
+        )
+    return raw
+
+
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Read a YAML config (or only defaults when path is None), apply overrides, validate."""
-    raw: dict[str, Any] = {}
-    source = "config"
-    if path is not None:
-        path = Path(path)
-        source = str(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: config file not found")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from e
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: expected a mapping of keys to values")
+    raw = read_config_file(path) if path is not None else {}
+    source = str(path) if path is not None else "config"
     raw = apply_env_overrides({**raw, **(overrides or {})})
     return validate(raw, source)

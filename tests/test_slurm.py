@@ -158,8 +158,11 @@ def test_sweep_runs_through_the_slurm_profile(cluster, tmp_path):
     )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
-    # every job of the micro sweep went through sbatch (12 jobs; `sweep` itself is local)
-    assert output.count("has been submitted with SLURM jobid") == 12, output[-4000:]
+    # every job of the micro sweep went through sbatch (`sweep` itself is local): demos,
+    # norm_stats, bootstrap, a collect per init state, label, train, 3 evaluations, tables, plots
+    start, stop = MICRO["train_init_states"]
+    jobs = 10 + (stop - start) // MICRO["collect_init_chunk"]
+    assert output.count("has been submitted with SLURM jobid") == jobs, output[-4000:]
     res = tmp_path / "results/micro"
     table = pd.read_csv(res / "tables/sweep.csv")
     assert table["policy"].tolist() == ["base", "cfg", "cfg"]

@@ -14,15 +14,15 @@ from ript.evaluation.metrics import wilson_interval
 
 pytestmark = pytest.mark.sim
 
-# the workflow's micro config, with noisy demos and another condition mode
+# the workflow's micro config with another condition mode, and a reward that also ranks the
+# successes of a group by length, so that RLOO finds a positive unless every rollout fails
 CONFIG = MICRO | {
     "experiment": "e2e",
-    "max_episode_length": 150,
     "num_parallel_envs": 2,
-    "expert_action_noise": 0.3,
     "checkpoint_every": 5,
     "cond_mode": ["concat"],
     "alpha_uncond": [0.2],
+    "reward": "fast_success",
 }
 
 
@@ -62,14 +62,13 @@ def test_demos_to_evaluation(tmp_path):
     base = tmp_path / "base/policy"
     assert f"train: {base}" in out
     rollouts = tmp_path / "rollouts.h5"
-    short = ["--set", "max_episode_length=30"]
-    ok("collect", *c, *short, "--policy", str(base), "--out", str(rollouts))
-    assert len(pd.read_parquet(tmp_path / "rollouts.index.parquet")) == 4  # 2 inits x K=2
+    ok("collect", *c, "--policy", str(base), "--out", str(rollouts))
+    index = pd.read_parquet(tmp_path / "rollouts.index.parquet")
+    assert len(index) == 16 and index.groupby("group_id").size().eq(4).all()  # 4 inits x K=4
     labels = tmp_path / "labels.parquet"
-    out = ok(
-        "label", "--config", str(config), *short, "--rollouts", str(rollouts), "--out", str(labels)
-    )
-    assert "groups kept 2/2" in out
+    out = ok("label", "--config", str(config), "--rollouts", str(rollouts), "--out", str(labels))
+    assert "groups kept" in out and "(0 positive)" not in out, out
+    short = ["--set", "max_episode_length=30"]
     ok(
         "train",
         *c,

@@ -15,6 +15,10 @@ import numpy as np
 from ript.data.episode_store import EpisodeReader
 
 
+class NoSuccessfulEpisodes(ValueError):
+    """Every episode was left out for failing."""
+
+
 @dataclass
 class _Episode:
     obs: dict[str, np.ndarray]
@@ -39,12 +43,15 @@ class ChunkDataset:
         """`episodes`: only these (shard, demo) pairs (e.g. those a label table keeps)."""
         self.chunk_size = chunk_size
         self.episodes: list[_Episode] = []
+        seen = unsuccessful = 0
         for shard in shards:
             with EpisodeReader(shard) as reader:
                 for ep in reader:
                     if episodes is not None and (str(shard), ep.demo) not in episodes:
                         continue
+                    seen += 1
                     if only_successful and not ep.attrs.get("success", True):
+                        unsuccessful += 1
                         continue
                     self.episodes.append(
                         _Episode(
@@ -56,7 +63,13 @@ class ChunkDataset:
                         )
                     )
         if not self.episodes:
-            raise ValueError(f"no episodes to train on in {[str(s) for s in shards]}")
+            names = [str(s) for s in shards]
+            if unsuccessful:
+                raise NoSuccessfulEpisodes(
+                    f"no episodes to train on in {names}: none of their {seen} episodes "
+                    "succeeded and only successful ones are used"
+                )
+            raise ValueError(f"no episodes to train on in {names}: they hold none")
         self.index = np.array(
             [(e, t) for e, ep in enumerate(self.episodes) for t in range(len(ep.actions))]
         )

@@ -20,7 +20,6 @@ Shards are written to a temporary name and renamed, so a reader never sees half 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ import pandas as pd
 
 from ript.envs.observation import flip_image
 from ript.envs.pool import Episode
+from ript.files import atomic_output
 
 FORMAT = "ript-episodes"
 FORMAT_VERSION = 1
@@ -90,10 +90,6 @@ def index_path(shard: str | Path) -> Path:
     return shard.with_name(shard.stem + ".index.parquet")
 
 
-def _tmp(path: Path) -> Path:
-    return path.with_name(f"{path.name}.tmp-{os.getpid()}")
-
-
 def write_shard(
     path: str | Path,
     episodes: list[Episode],
@@ -106,11 +102,13 @@ def write_shard(
     if not episodes:
         raise ValueError(f"{path}: refusing to write a shard with no episodes")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_h5, idx_path = _tmp(path), index_path(path)
-    tmp_idx = _tmp(idx_path)
     rows = []
-    try:
-        with h5py.File(tmp_h5, "w") as f:
+    # The file is built in memory and written in one go: HDF5 writing into a full disk
+    # prints tracebacks from its destructors and can crash the process, where a plain write
+    # raises one OSError. The image is the compressed episodes, smaller than the episodes.
+    # The index is renamed into place first: a shard without its index is rewritten.
+    with atomic_output(path) as tmp_h5, atomic_output(index_path(path)) as tmp_idx:
+        with h5py.File(tmp_h5.name, "w", driver="core", backing_store=False) as f:
             f.attrs["format"] = FORMAT
             f.attrs["format_version"] = FORMAT_VERSION
             f.attrs["image_orientation"] = "flipped_180"
@@ -129,13 +127,12 @@ def write_shard(
             data.attrs["problem_info"] = json.dumps(
                 {"language_instruction": languages[0] if len(languages) == 1 else languages}
             )
+            f.flush()
+            image = f.id.get_file_image()
+        tmp_h5.write_bytes(image)
+        del image
         index = pd.DataFrame(rows, columns=INDEX_COLUMNS)
         index.to_parquet(tmp_idx, index=False)
-        os.replace(tmp_idx, idx_path)
-        os.replace(tmp_h5, path)
-    finally:
-        for tmp in (tmp_h5, tmp_idx):
-            tmp.unlink(missing_ok=True)
     return index
 
 

@@ -14,6 +14,8 @@ import contextlib
 import logging
 import multiprocessing as mp
 import os
+import signal
+import threading
 import time
 import traceback
 from collections import OrderedDict, deque
@@ -30,6 +32,38 @@ from ript.envs.observation import ACTION_DIM
 log = logging.getLogger(__name__)
 _logged_start_method = False
 MAX_EPISODE_RESTARTS = 3
+# Memory of one simulator worker: 1.7 GiB unique (psutil USS) for a LIBERO-Object task, low-dim
+# or with two 128 px cameras alike, measured on the 2-core development machine.
+WORKER_MEMORY_BYTES = int(1.8 * 2**30)
+
+
+def available_memory() -> int | None:
+    """MemAvailable of /proc/meminfo in bytes; None where there is no such file."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def usable_workers(requested: int, num_episodes: int) -> int:
+    """`requested` workers, capped (with a warning) by the episodes to run, the CPU cores this
+    process may use and the memory available: more simulators than cores only wait for each
+    other, and more than the memory holds get the machine killed."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    limits = {f"{num_episodes} episodes": max(num_episodes, 1), f"{cores} CPU cores": cores or 1}
+    memory = available_memory()
+    if memory is not None:
+        fit = max(1, memory // WORKER_MEMORY_BYTES)
+        gib = f"{memory / 2**30:.1f} GiB available, ~{WORKER_MEMORY_BYTES / 2**30:.1f} GiB each"
+        limits[f"memory for {fit} simulators ({gib})"] = fit
+    usable = min(requested, *limits.values())
+    if usable < requested:
+        log.warning("num_parallel_envs %d capped to %d: %s", requested, usable, ", ".join(limits))
+    return usable
 
 
 @dataclass(frozen=True)
@@ -195,7 +229,16 @@ class _Worker:
     def __init__(self, ctx: Any, args: tuple[Any, ...]) -> None:
         self.conn, child = ctx.Pipe()
         self.process = ctx.Process(target=_worker_main, args=(child, *args), daemon=True)
-        self.process.start()
+        # Ctrl-C reaches every process of the terminal's group: the main process closes the
+        # workers, which start with SIGINT ignored (kept across exec) so that none prints a
+        # traceback of its own
+        main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main_thread else None
+        try:
+            self.process.start()
+        finally:
+            if main_thread:
+                signal.signal(signal.SIGINT, previous)
         child.close()
         self.buffer: _Buffer | None = None
         self.awaiting: str | None = None  # "start" or "step" while a reply is due

@@ -18,6 +18,9 @@ SUITE_MAX_EPISODE_LENGTH: dict[str, int] = {
     "libero_90": 400,
 }
 NUM_FIXED_INIT_STATES = 50
+# Suites the scripted demonstrator (ript.envs.expert: pick an object, place it in the basket)
+# was written for; every other suite needs a pretrained policy.
+EXPERT_SUITES = ("libero_object",)
 
 
 def check_suite_task(suite: str, task_id: int) -> None:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import imageio.v2 as imageio
 import numpy as np
 
 from ript.envs.pool import Episode
+from ript.files import atomic_output
 
 
 def video_name(episode: Episode) -> str:
@@ -27,10 +27,11 @@ def write_video(episode: Episode, video_dir: str | Path, fps: int = 20) -> Path:
     video_dir = Path(video_dir)
     video_dir.mkdir(parents=True, exist_ok=True)
     path = video_dir / video_name(episode)
-    tmp = path.with_name(f"{path.stem}.tmp-{os.getpid()}.mp4")
     # Frames of 16-multiple size avoid ffmpeg's resize warning; LIBERO sizes usually are.
-    with imageio.get_writer(tmp, fps=fps, codec="libx264", macro_block_size=1) as writer:
+    with (
+        atomic_output(path) as tmp,
+        imageio.get_writer(tmp, fps=fps, codec="libx264", macro_block_size=1) as writer,
+    ):
         for frame in episode.frames:
             writer.append_data(np.asarray(frame, dtype=np.uint8))
-    os.replace(tmp, path)
     return path

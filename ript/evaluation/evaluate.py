@@ -10,6 +10,7 @@ shard.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from ript.collect import load_rollout_policy, parse_init_states, run_rollouts
 from ript.data.episode_store import write_shard
 from ript.envs.pool import Episode
 from ript.evaluation.metrics import success_summary
-from ript.files import write_text_atomic
+from ript.files import claim, write_text_atomic
 from ript.rl.train import SETTINGS_FILE
 
 
@@ -79,12 +80,26 @@ def evaluate(
     shard: str | Path | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Run the evaluation and write metrics.json to `out`."""
+    """Run the evaluation and write metrics.json to `out` (and the episodes to `shard`)."""
+    init_range = parse_init_states(init_states, config)
+    with claim(out), claim(shard) if shard is not None else contextlib.nullcontext():
+        return _evaluate(config, policy_name, out, cfg_scale, init_range, shard, progress)
+
+
+def _evaluate(
+    config: dict[str, Any],
+    policy_name: str,
+    out: str | Path,
+    cfg_scale: float | None,
+    init_range: tuple[int, int],
+    shard: str | Path | None,
+    progress: bool,
+) -> dict[str, Any]:
     policy = load_rollout_policy(policy_name, config, cfg_scale)
     episodes, stats = run_rollouts(
         config,
         policy,
-        init_states=parse_init_states(init_states, config),
+        init_states=init_range,
         rollouts_per_init=config["eval_rollouts_per_init"],
         progress=progress,
         desc=f"evaluate {Path(out).parent.name}",
@@ -106,7 +121,7 @@ def evaluate(
             "seed": config["seed"],
             "suite": config["suite"],
             "tasks": config["tasks"],
-            "init_states": list(parse_init_states(init_states, config)),
+            "init_states": list(init_range),
             "rollouts_per_init": config["eval_rollouts_per_init"],
             "max_episode_length": config["max_episode_length"],
             "replan_steps": config["replan_steps"],

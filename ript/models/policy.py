@@ -262,9 +262,14 @@ class Policy:
     ) -> dict[str, Any]:
         """Keyword arguments of the model's `compute_loss` (all but the branches, noise and
         time) for raw action chunks (B, chunk, action_dim)."""
+        c = self.model.config
+        if actions.shape[1] != c.chunk_size:
+            raise ValueError(
+                f"action chunks of {actions.shape[1]} steps for a model that predicts "
+                f"{c.chunk_size}; targets must match the checkpoint's chunk_size"
+            )
         inputs = self.prepare(obs, prompts)
         norm = self.norm_stats.actions.normalize(actions, self.settings.normalization)
-        c = self.model.config
         padded = torch.zeros(norm.shape[0], c.chunk_size, c.max_action_dim)
         padded[:, : norm.shape[1], : norm.shape[2]] = torch.from_numpy(norm)
         return dict(
@@ -384,6 +389,17 @@ class Policy:
             policy_id=f"{path.parent.name}/{path.name}(cfg_scale={cfg_scale:g})",
             compile=compile,
         )
+
+
+def checkpoint_chunk_size(path: str | Path) -> int:
+    """Actions per chunk of a checkpoint (ours or a stock pi0), read without loading it."""
+    config_file = Path(path) / "config.json"
+    try:
+        return int(json.loads(config_file.read_text())["chunk_size"])
+    except FileNotFoundError:
+        raise CheckpointError(f"{Path(path)}: checkpoint lacks config.json") from None
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{config_file}: no chunk_size in it ({e})") from e
 
 
 def resolve_device(name: str) -> torch.device:

@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 
 from ript.data.episode_store import read_index
 from ript.envs.suites import max_episode_length
+from ript.files import atomic_output, claim
 from ript.rl.advantages import (
     REWARDS,
     informative_groups,
@@ -137,14 +138,16 @@ def label_rollouts(
 
 
 def write_labels(table: pd.DataFrame, summary: LabelSummary, out: str | Path) -> None:
-    """Atomic parquet write; the summary goes into the file's metadata."""
+    """Atomic parquet write; the summary goes into the file's metadata. Shard paths are
+    stored relative to the table's directory, so a results folder can be moved whole."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    here = out.resolve().parent
+    table = table.assign(shard=[os.path.relpath(Path(s).resolve(), here) for s in table["shard"]])
     arrow = pa.Table.from_pandas(table, preserve_index=False)
     meta = {**(arrow.schema.metadata or {}), METADATA_KEY: json.dumps(asdict(summary)).encode()}
-    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
-    pq.write_table(arrow.replace_schema_metadata(meta), tmp)
-    os.replace(tmp, out)
+    with atomic_output(out) as tmp:
+        pq.write_table(arrow.replace_schema_metadata(meta), tmp)
 
 
 def read_labels(path: str | Path) -> tuple[pd.DataFrame, LabelSummary]:
@@ -159,10 +162,13 @@ def read_labels(path: str | Path) -> tuple[pd.DataFrame, LabelSummary]:
     if missing or METADATA_KEY not in (arrow.schema.metadata or {}):
         raise ValueError(f"{path}: not a ript label table (missing {missing or 'metadata'})")
     summary = LabelSummary(**json.loads(arrow.schema.metadata[METADATA_KEY]))
-    return arrow.to_pandas(), summary
+    table = arrow.to_pandas()
+    table["shard"] = [os.path.normpath(path.parent / s) for s in table["shard"]]
+    return table, summary
 
 
 def label(config: dict[str, Any], shards: list[str | Path], out: str | Path) -> LabelSummary:
-    table, summary = label_rollouts(read_rollouts(shards), config)
-    write_labels(table, summary, out)
+    with claim(out):
+        table, summary = label_rollouts(read_rollouts(shards), config)
+        write_labels(table, summary, out)
     return summary

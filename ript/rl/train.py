@@ -18,6 +18,7 @@ past an episode's end repeat its last action and are trained on, as in openpi.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
@@ -40,13 +41,23 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from ript.collect import derive_seed
-from ript.data.dataset import ChunkDataset
+from ript.data.dataset import ChunkDataset, NoSuccessfulEpisodes
 from ript.data.norm_stats import NormStats
+from ript.files import (
+    atomic_output,
+    claim,
+    describe_write_failure,
+    remove,
+    remove_stale_temporaries,
+    write_text_atomic,
+)
+from ript.interrupt import Interrupted, deferred_signals, signal_name
 from ript.models.cfg_pi0 import UNCOND, positive_label
 from ript.models.policy import (
     CheckpointError,
     Policy,
     PolicySettings,
+    checkpoint_chunk_size,
     default_dtype,
     new_policy,
     resolve_device,
@@ -84,23 +95,46 @@ class TrainSamples:
 
 
 def sft_samples(shards: list[str], config: dict[str, Any]) -> TrainSamples:
-    dataset = ChunkDataset(
-        shards,
-        chunk_size=config["chunk_size"],
-        obs_keys=config["state_keys"] + config["camera_keys"],
-        only_successful=config["sft_only_successful"],
-    )
+    try:
+        dataset = ChunkDataset(
+            shards,
+            chunk_size=config["chunk_size"],
+            obs_keys=config["state_keys"] + config["camera_keys"],
+            only_successful=config["sft_only_successful"],
+        )
+    except NoSuccessfulEpisodes as e:
+        raise ValueError(
+            f"{e} (sft_only_successful: true). Lower expert_action_noise or "
+            "expert_grasp_offset, use tasks the scripted expert solves (README), or set "
+            "sft_only_successful: false"
+        ) from None
     n = len(dataset)
     return TrainSamples(dataset, np.ones(n), np.ones(n, dtype=bool))
 
 
+NO_SIGNAL_ADVICE = (
+    "CFG training needs rollout groups where some succeed and some fail: collect more "
+    "rollouts per init state (rollouts_per_init), or start from a policy that succeeds on "
+    "some but not all of the training init states"
+)
+
+
 def cfg_samples(labels_path: str, config: dict[str, Any]) -> TrainSamples:
-    """Every step of the labelled episodes, weighted by the span of the table it falls in."""
+    """Every step of the labelled episodes, weighted by the span of the table it falls in.
+
+    A table without a single positive label is refused: the positive branch would learn
+    nothing and the run would still end in a policy that looks trained."""
     table, summary = read_labels(labels_path)
     if table.empty:
         raise ValueError(
-            f"{labels_path}: no labelled episodes ({summary.line()}); every group had equal "
-            "rewards. Collect more rollouts or set dynamic_sampling: false"
+            f"{labels_path}: no labelled episodes ({summary.line()}): every group had equal "
+            f"rewards. {NO_SIGNAL_ADVICE}"
+        )
+    if not (table["w_pos"] > 0).any():
+        raise ValueError(
+            f"{labels_path}: no positive label among {summary.episodes_kept} episodes (mean "
+            f"reward {summary.mean_reward:.3f}; {summary.groups_kept} of {summary.groups} "
+            f"groups kept). {NO_SIGNAL_ADVICE}"
         )
     dataset = ChunkDataset(
         sorted(table["shard"].unique()),
@@ -194,6 +228,19 @@ class Trainer:
         self.rank, self.world, self.progress = rank, world, progress
         self.identity = identity
         self.steps = config["sft_steps"] if mode == "sft" else config["train_steps"]
+        self.batch_size = min(config["batch_size"], len(samples.dataset))
+        if self.batch_size < config["batch_size"]:
+            log.warning(
+                "batch_size %d is larger than the %d training samples; using batches of %d",
+                config["batch_size"],
+                len(samples.dataset),
+                self.batch_size,
+            )
+        if self.batch_size < world:
+            raise ValueError(
+                f"batch_size {self.batch_size}: a global batch needs at least one sample for "
+                f"each of the {world} processes"
+            )
         model = policy.model.train()
         if mode == "sft":
             for p in condition_parameters(policy):
@@ -214,6 +261,7 @@ class Trainer:
         self.ema = [p.detach().clone() for p in self.params] if decay is not None else None
         self.step = 0
         self.nonfinite = 0
+        self.metrics: MetricsLog | None = None
 
     # --- one step ----------------------------------------------------------------------------
 
@@ -221,7 +269,7 @@ class Trainer:
         """The global batch of `step` (rows, dropout, time, noise); independent of rank."""
         c, model_config = self.config, self.policy.model.config
         rng = np.random.default_rng(derive_seed(c["seed"], step, MODES.index(self.mode)))
-        batch = c["batch_size"]
+        batch = self.batch_size
         rows = rng.integers(0, len(self.samples.dataset), size=batch)
         dropped = rng.random(batch) < c["p_uncond"]
         flow_time = (
@@ -242,7 +290,7 @@ class Trainer:
         """(objective of this rank, global sum of w * L_pos, global sum of L_uncond); the
         objective's gradients, averaged over ranks by DDP, are those of the global loss."""
         draw = self.draw(step)
-        mine = np.arange(self.rank, self.config["batch_size"], self.world)
+        mine = np.arange(self.rank, self.batch_size, self.world)
         rows, dropped = draw["rows"][mine], draw["dropped"][mine]
         data = self.samples.dataset.batch(rows)
         prompts = ["" if d else p for p, d in zip(data["prompts"], dropped, strict=True)]
@@ -265,7 +313,7 @@ class Trainer:
         w = torch.from_numpy(weights).to(device, torch.float32)
         pos_sum = (w * loss[0]).sum()
         uncond_sum = loss[1].sum() if self.alpha_uncond > 0 else torch.zeros((), device=device)
-        batch = self.config["batch_size"]
+        batch = self.batch_size
         objective = (pos_sum + self.alpha_uncond * uncond_sum) * self.world / batch
         sums = torch.stack([pos_sum.detach(), uncond_sum.detach()])
         dist.all_reduce(sums)
@@ -278,7 +326,7 @@ class Trainer:
         objective, pos_sum, uncond_sum = self.losses(self.step)
         objective.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.config["grad_clip_norm"])
-        batch = self.config["batch_size"]
+        batch = self.batch_size
         loss_pos, loss_uncond = float(pos_sum) / batch, float(uncond_sum) / batch
         loss = loss_pos + self.alpha_uncond * loss_uncond
         lr = self.scheduler.get_last_lr()[0]
@@ -323,36 +371,37 @@ class Trainer:
     def checkpoint_dir(self) -> Path:
         return self.out / "checkpoints"
 
-    def save_checkpoint(self) -> None:
-        """checkpoints/step_N (policy + optimizer, schedule, EMA); replaces older ones."""
+    def save_checkpoint(self) -> Path:
+        """checkpoints/step_N (policy, optimizer, schedule, EMA and the metrics so far);
+        replaces older ones."""
+        final = self.checkpoint_dir / f"step_{self.step:07d}"
         if self.rank == 0:
-            final = self.checkpoint_dir / f"step_{self.step:07d}"
-            tmp = self.checkpoint_dir / f".tmp-step_{self.step:07d}-{os.getpid()}"
-            shutil.rmtree(tmp, ignore_errors=True)
-            self.policy.save_pretrained(tmp)
-            torch.save(
-                {
-                    "step": self.step,
-                    "identity": self.identity,
-                    "nonfinite": self.nonfinite,
-                    "optimizer": self.optimizer.state_dict(),
-                    "scheduler": self.scheduler.state_dict(),
-                    "ema": self.ema,
-                },
-                tmp / STATE_FILE,
-            )
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
+            self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+            with atomic_output(final) as tmp:
+                self.policy.save_pretrained(tmp)
+                torch.save(
+                    {
+                        "step": self.step,
+                        "identity": self.identity,
+                        "nonfinite": self.nonfinite,
+                        "optimizer": self.optimizer.state_dict(),
+                        "scheduler": self.scheduler.state_dict(),
+                        "ema": self.ema,
+                    },
+                    tmp / STATE_FILE,
+                )
+                self.metrics.save(tmp / METRICS_FILE)
             for old in self.checkpoint_dir.glob("step_*"):
                 if old != final:
-                    shutil.rmtree(old, ignore_errors=True)
+                    remove(old)
         dist.barrier()
+        return final
 
-    def resume(self) -> bool:
-        """Continue from the last checkpoint; False when there is none."""
+    def resume(self) -> Path | None:
+        """Continue from the last checkpoint; the checkpoint, or None when there is none."""
         path = latest_checkpoint(self.checkpoint_dir)
         if path is None:
-            return False
+            return None
         try:
             state = torch.load(path / STATE_FILE, weights_only=True, map_location="cpu")
         except Exception as e:  # noqa: BLE001 - unpickling raises many types for bad files
@@ -368,8 +417,8 @@ class Trainer:
             )
             dist.barrier()
             if self.rank == 0:
-                shutil.rmtree(self.checkpoint_dir)
-            return False
+                remove(self.checkpoint_dir)
+            return None
         saved = Policy.from_pretrained(path).model.state_dict()
         self.policy.model.load_state_dict(saved)
         self.optimizer.load_state_dict(state["optimizer"])
@@ -379,15 +428,23 @@ class Trainer:
                 e.copy_(saved)
         self.step, self.nonfinite = state["step"], state["nonfinite"]
         log.info("resumed from %s at step %d", path, self.step)
-        return True
+        return path
 
     # --- the run -----------------------------------------------------------------------------
 
     def run(self, resume: bool = False) -> Path:
-        """Train to the configured step count; return the final policy directory."""
+        """Train to the configured step count; return the final policy directory.
+
+        SIGTERM (SLURM's notice before a kill) and SIGINT let the step in flight finish,
+        write a checkpoint and raise `Interrupted`; `--resume` continues from it."""
         self.out.mkdir(parents=True, exist_ok=True)
-        resumed = resume and self.resume()
-        metrics = MetricsLog(self.out / METRICS_FILE, keep_until=self.step if resumed else 0)
+        if self.rank == 0:  # left by a killed earlier run of this directory
+            for directory in (self.out, self.checkpoint_dir):
+                for stale in remove_stale_temporaries(directory):
+                    log.info("removed %s, a temporary of an interrupted run", stale)
+        dist.barrier()
+        resumed = self.resume() if resume else None
+        self.metrics = MetricsLog.restore(self.out / METRICS_FILE, resumed, self.step)
         every = self.config["checkpoint_every"]
         bar = tqdm(
             total=self.steps,
@@ -395,16 +452,33 @@ class Trainer:
             desc=f"train {self.mode} {self.out.name}",
             disable=not self.progress or self.rank != 0,
         )
-        while self.step < self.steps:
-            row = self.train_step()
-            if self.rank == 0:
-                metrics.append(row)
-            bar.update(1)
-            bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}")
-            if self.step % every == 0 or self.step == self.steps:
-                self.save_checkpoint()
+        with deferred_signals() as received:
+            while self.step < self.steps:
+                row = self.train_step()
+                if self.rank == 0:
+                    self.metrics.append(row)
+                bar.update(1)
+                bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}")
+                stop = self.agreed_signal(received())
+                if self.step % every == 0 or self.step == self.steps or stop:
+                    checkpoint = self.save_checkpoint()
+                if stop:
+                    bar.close()
+                    raise Interrupted(
+                        stop,
+                        f"{self.out}: stopped by {signal_name(stop)} at step {self.step} of "
+                        f"{self.steps}; {checkpoint} written, rerun with --resume to go on",
+                    )
         bar.close()
         return self.save_final()
+
+    def agreed_signal(self, signum: int | None) -> int | None:
+        """The signal any rank received, so that all ranks stop after the same step."""
+        if self.world == 1:
+            return signum
+        flag = torch.tensor([signum or 0], device=self.policy.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return int(flag.item()) or None
 
     def save_final(self) -> Path:
         """out/policy, written under a temporary name and renamed (EMA weights if enabled)."""
@@ -415,13 +489,10 @@ class Trainer:
                     p.data.copy_(e)
             self.policy.model.eval()
             self.policy.policy_id = f"{self.out.name}"
-            tmp = self.out / f".tmp-policy-{os.getpid()}"
-            shutil.rmtree(tmp, ignore_errors=True)
-            self.policy.save_pretrained(tmp)
-            if (self.out / SETTINGS_FILE).is_file():
-                shutil.copy(self.out / SETTINGS_FILE, tmp / SETTINGS_FILE)
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
+            with atomic_output(final) as tmp:
+                self.policy.save_pretrained(tmp)
+                if (self.out / SETTINGS_FILE).is_file():
+                    shutil.copy(self.out / SETTINGS_FILE, tmp / SETTINGS_FILE)
         dist.barrier()
         return final
 
@@ -446,24 +517,48 @@ def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
 
 
 class MetricsLog:
-    """metrics.csv, appended per step; a resumed run first drops rows past its checkpoint."""
+    """metrics.csv, appended per step. Every checkpoint holds a copy of the rows up to it,
+    so a resumed run restores the history even where the file itself is gone (Snakemake
+    deletes a failed job's declared outputs)."""
 
-    def __init__(self, path: Path, keep_until: int) -> None:
+    def __init__(self, path: Path, rows: list[dict[str, str]]) -> None:
         self.path = path
-        rows = []
-        if keep_until and path.is_file():
-            with path.open() as f:
-                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= keep_until]
-        with path.open("w", newline="") as f:
-            writer = csv.DictWriter(f, METRIC_COLUMNS)
-            writer.writeheader()
-            writer.writerows(rows)
+        self.rows = rows
+        self.save(path)
+
+    @classmethod
+    def restore(cls, path: Path, checkpoint: Path | None, step: int) -> MetricsLog:
+        """The rows up to `step`: from the checkpoint's copy, or (checkpoints written before
+        copies were kept) from the file itself; none for a fresh run."""
+        rows: list[dict[str, str]] = []
+        if checkpoint is not None:
+            source = checkpoint / METRICS_FILE if (checkpoint / METRICS_FILE).is_file() else path
+            if source.is_file():
+                with source.open() as f:
+                    rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
+            if len(rows) != step:
+                log.warning(
+                    "%s: the metrics of %d of the %d steps before the checkpoint are lost",
+                    path,
+                    step - len(rows),
+                    step,
+                )
+        return cls(path, rows)
 
     def append(self, row: dict[str, float]) -> None:
-        with self.path.open("a", newline="") as f:
-            csv.DictWriter(f, METRIC_COLUMNS).writerow(
-                {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()}
-            )
+        formatted = {k: (f"{v:.6g}" if isinstance(v, float) else str(v)) for k, v in row.items()}
+        self.rows.append(formatted)
+        try:
+            with self.path.open("a", newline="") as f:
+                csv.DictWriter(f, METRIC_COLUMNS).writerow(formatted)
+        except OSError as e:
+            raise describe_write_failure(self.path, e) from e
+
+    def save(self, path: Path) -> None:
+        with atomic_output(path) as tmp, tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, METRIC_COLUMNS)
+            writer.writeheader()
+            writer.writerows(self.rows)
 
 
 def build_policy(
@@ -535,6 +630,15 @@ def train(
     alpha_uncond = config["alpha_uncond"][0] if alpha_uncond is None else alpha_uncond
     if alpha_uncond < 0:
         raise ValueError(f"--alpha-uncond {alpha_uncond}: expected >= 0")
+    chunk_size = config["chunk_size"]
+    if init is not None:
+        saved = checkpoint_chunk_size(init)
+        if saved != chunk_size:
+            raise ValueError(
+                f"--init {init}: the checkpoint predicts chunks of {saved} actions (its "
+                f"config.json chunk_size) but the config's chunk_size is {chunk_size}; set "
+                f"chunk_size: {saved}"
+            )
     if mode == "sft":
         if not demos:
             raise ValueError("--demos: SFT needs demonstration shards")
@@ -547,41 +651,49 @@ def train(
         raise ValueError(f"--mode {mode!r}: expected one of {MODES}")
     rank, world, device = setup_distributed(config["device"])
     try:
-        policy = build_policy(
-            config, mode=mode, init=init, norm_stats=norm_stats, cond_mode=cond_mode, device=device
-        )
-        trainer = Trainer(
-            policy,
-            samples,
-            config,
-            mode=mode,
-            out=out,
-            alpha_uncond=alpha_uncond,
-            rank=rank,
-            world=world,
-            progress=progress,
-            identity=run_identity(
+        # only rank 0 writes; it holds the run directory against a second run into it
+        with claim(out) if rank == 0 else contextlib.nullcontext():
+            policy = build_policy(
                 config,
-                [*(demos or []), labels, init, norm_stats],
                 mode=mode,
+                init=init,
+                norm_stats=norm_stats,
                 cond_mode=cond_mode,
-                alpha_uncond=alpha_uncond,
-            ),
-        )
-        if rank == 0:
-            Path(out).mkdir(parents=True, exist_ok=True)
-            settings = dict(
-                mode=mode,
-                init=None if init is None else str(init),
-                cond_mode=cond_mode,
-                alpha_uncond=trainer.alpha_uncond,
-                samples=len(samples.dataset),
-                positive_fraction=float(samples.is_positive.mean()),
-                world_size=world,
-                device=str(device),
+                device=device,
             )
-            (Path(out) / SETTINGS_FILE).write_text(json.dumps(settings, indent=2))
-            log.info("train: %s", settings)
-        return trainer.run(resume=resume)
+            trainer = Trainer(
+                policy,
+                samples,
+                config,
+                mode=mode,
+                out=out,
+                alpha_uncond=alpha_uncond,
+                rank=rank,
+                world=world,
+                progress=progress,
+                identity=run_identity(
+                    config,
+                    [*(demos or []), labels, init, norm_stats],
+                    mode=mode,
+                    cond_mode=cond_mode,
+                    alpha_uncond=alpha_uncond,
+                ),
+            )
+            if rank == 0:
+                Path(out).mkdir(parents=True, exist_ok=True)
+                settings = dict(
+                    mode=mode,
+                    init=None if init is None else str(init),
+                    cond_mode=cond_mode,
+                    alpha_uncond=trainer.alpha_uncond,
+                    samples=len(samples.dataset),
+                    positive_fraction=float(samples.is_positive.mean()),
+                    batch_size=trainer.batch_size,
+                    world_size=world,
+                    device=str(device),
+                )
+                write_text_atomic(Path(out) / SETTINGS_FILE, json.dumps(settings, indent=2))
+                log.info("train: %s", settings)
+            return trainer.run(resume=resume)
     finally:
         dist.destroy_process_group()

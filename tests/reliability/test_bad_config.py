@@ -3,6 +3,7 @@ value and what is allowed: through `ript` and through `snakemake all` alike."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -45,6 +46,27 @@ CASES = {
         {"train_gpus": 2, "device": "cpu"},
         ["'train_gpus'", "2", "device: cuda", "'cpu'"],
     ),
+    "experiment '..' (would write outside results/)": (
+        {"experiment": ".."},
+        ["'experiment'", "'..'", "does not match"],
+    ),
+    "experiment '.'": ({"experiment": "."}, ["'experiment'", "'.'", "does not match"]),
+    "a suite the scripted expert does not cover, no pretrained_path": (
+        {"suite": "libero_spatial"},
+        ["'suite'", "'libero_spatial'", "libero_object", "pretrained_path"],
+    ),
+    "no object poses for the expert, no pretrained_path": (
+        {"privileged_object_state": False, "state_keys": ["state"]},
+        ["'privileged_object_state'", "scripted expert", "pretrained_path"],
+    ),
+    "one cfg_scale spelt twice": (
+        {"cfg_scale": [1.0, 1.0000001]},
+        ["'cfg_scale'", "1.0", "1.0000001", "'1'"],
+    ),
+    "one alpha_uncond spelt twice": (
+        {"alpha_uncond": [0.1, 0.1000000001]},
+        ["'alpha_uncond'", "0.1000000001", "'0.1'"],
+    ),
 }
 
 
@@ -61,13 +83,28 @@ def pretrained_without_tokenizer(tmp_path: Path) -> Path:
     return ckpt
 
 
+def pretrained_with_chunks_of(tmp_path: Path, chunk_size: int) -> Path:
+    """A checkpoint directory as the parse-time check sees it: its files and config.json."""
+    ckpt = tmp_path / f"pi0_chunk{chunk_size}"
+    ckpt.mkdir()
+    for name in ("model.safetensors", "norm_stats.json", "tokenizer.json"):
+        (ckpt / name).write_text("{}")
+    (ckpt / "config.json").write_text(json.dumps({"model_type": "pi0", "chunk_size": chunk_size}))
+    return ckpt
+
+
 def cases(tmp_path: Path) -> dict[str, tuple[dict, list[str]]]:
     ckpt = pretrained_without_tokenizer(tmp_path)
+    chunked = pretrained_with_chunks_of(tmp_path, 10)
     return CASES | {
         "checkpoint without a tokenizer": (
             {"pretrained_path": str(ckpt)},
             ["'pretrained_path'", repr(str(ckpt)), "no tokenizer", "tokenizer_path"],
-        )
+        ),
+        "chunk_size other than the checkpoint's": (
+            {"pretrained_path": str(chunked), "chunk_size": 5},
+            ["'chunk_size'", "5", "chunks of 10", "chunk_size: 10"],
+        ),
     }
 
 
@@ -83,7 +120,9 @@ def test_every_bad_config_raises_one_line_naming_key_value_and_allowed(tmp_path)
             assert text in message, (name, text, message)
 
 
-@pytest.mark.parametrize("name", [*CASES, "checkpoint without a tokenizer"])
+@pytest.mark.parametrize(
+    "name", [*CASES, "checkpoint without a tokenizer", "chunk_size other than the checkpoint's"]
+)
 def test_snakemake_stops_before_any_job(tmp_path, name):
     overrides, texts = cases(tmp_path)[name]
     path = write_config(tmp_path / "bad.yaml", overrides)
@@ -100,14 +139,52 @@ def test_snakemake_stops_before_any_job(tmp_path, name):
 
 def test_a_step_given_a_bad_config_prints_one_line_and_exits_2(tmp_path):
     path = write_config(tmp_path / "bad.yaml", {"rollouts_per_init": 1})
-    result = subprocess.run(
-        ["ript", "label", "--config", str(path), "--rollouts", "x.h5", "--out", "y.parquet"],
-        capture_output=True,
-        text=True,
-    )
+    result = run_ript_label(path)
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0, result.stderr
     assert (
         result.stderr.startswith("ript label: error: ") and "'rollouts_per_init'" in result.stderr
     )
     assert not Path("y.parquet").exists()
+
+
+# Files YAML accepts but that say nothing clear: an empty one meant all defaults, a key given
+# twice kept its last value. (Snakemake refuses an empty --configfile by itself.)
+BAD_FILES = {
+    "empty file": (
+        "# an experiment config, keys to follow\n",
+        ["holds no keys", "experiment"],
+        "Config file must be given as JSON or YAML with keys at top level",
+    ),
+    "a key given twice": (
+        "experiment: twice\nbatch_size: 64\nseed: 1\nbatch_size: 8\n",
+        ["'batch_size'", "given twice", "lines 2 and 4"],
+        "invalid config",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", BAD_FILES)
+def test_a_config_file_that_yaml_accepts_but_says_nothing_clear_is_refused(tmp_path, name):
+    text, texts, snakemake_says = BAD_FILES[name]
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    for t in [str(path), *texts]:
+        assert t in str(caught.value), (t, str(caught.value))
+    result = run_ript_label(path)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert all(t in result.stderr for t in texts), result.stderr
+    result = snakemake(tmp_path, "all", "-n", "--cores", "1", "--configfile", str(path))
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and snakemake_says in output, output[-2000:]
+    assert "Traceback" not in output
+
+
+def run_ript_label(config: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["ript", "label", "--config", str(config), "--rollouts", "x.h5", "--out", "y.parquet"],
+        capture_output=True,
+        text=True,
+    )

@@ -12,7 +12,7 @@ from pathlib import Path
 import h5py
 import pandas as pd
 import pytest
-from micro import run_micro
+from micro import MICRO, run_micro
 from test_cli import run_ript
 
 from ript.data.episode_store import read_index
@@ -124,6 +124,6 @@ def test_workflow_fails_in_the_reading_step_then_regenerates_the_removed_file(mi
     shard.unlink()
     redone = run_micro(work)
     assert redone.returncode == 0, redone.stderr[-3000:]
-    assert len(read_index(shard)) == 2  # regenerated whole: K = 2 rollouts of init state 1
+    assert len(read_index(shard)) == MICRO["rollouts_per_init"]  # regenerated whole
     assert {p: p.stat().st_mtime_ns for p in kept} == kept  # nothing else was redone
     assert (res / "tables/sweep.csv").stat().st_mtime_ns > shard.stat().st_mtime_ns

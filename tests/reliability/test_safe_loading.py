@@ -5,6 +5,7 @@ trainer state through `torch.load(weights_only=True)`, YAML through `safe_load`,
 from __future__ import annotations
 
 import ast
+import importlib
 import json
 import os
 import pickle
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from micro import ROOT
 
 from ript.config import ConfigError, load_config
@@ -93,13 +95,22 @@ def test_yaml_config_cannot_construct_objects(tmp_path):
 
 
 def test_source_loads_nothing_unsafely():
-    """Every torch.load passes weights_only=True; nothing passes trust_remote_code."""
+    """Every torch.load passes weights_only=True, every yaml.load a SafeLoader; nothing
+    passes trust_remote_code."""
     for path in sorted((ROOT / "ript").rglob("*.py")):
+        module = importlib.import_module(
+            ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+        )
         for node in ast.walk(ast.parse(path.read_text())):
             if not isinstance(node, ast.Call):
                 continue
             name = ast.unparse(node.func)
             keywords = {k.arg: ast.unparse(k.value) for k in node.keywords}
             assert "trust_remote_code" not in keywords, f"{path}: {ast.unparse(node)}"
-            if name in ("torch.load", "pickle.load", "pickle.loads", "yaml.load"):
+            if name in ("torch.load", "pickle.load", "pickle.loads"):
                 assert keywords.get("weights_only") == "True", f"{path}: {ast.unparse(node)}"
+            if name == "yaml.load":
+                loader = getattr(module, keywords.get("Loader", "?"), None)
+                assert isinstance(loader, type) and issubclass(loader, yaml.SafeLoader), (
+                    f"{path}: {ast.unparse(node)}"
+                )

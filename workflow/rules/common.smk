@@ -3,9 +3,18 @@ import json
 import shlex
 from pathlib import Path
 
-from ript.config import ConfigError, apply_env_overrides, coerce_numbers, validate
+from ript.config import (
+    ConfigError,
+    apply_env_overrides,
+    coerce_numbers,
+    path_number,
+    read_config_file,
+    validate,
+)
 
 try:
+    for configfile in workflow.configfiles:  # Snakemake's reader allows empty files, repeated keys
+        read_config_file(configfile)
     source = f"config ({', '.join(map(str, workflow.configfiles))} with --config overrides)"
     config.update(validate(coerce_numbers(apply_env_overrides(config)), source=source))
 except ConfigError as error:
@@ -22,11 +31,6 @@ TRAIN = (
     if TRAIN_GPUS > 1
     else "ript train"
 )
-
-
-def num(value):
-    """The one spelling of a float in paths and wildcards: 0.1, 1, 1.5, 1e-05."""
-    return f"{float(value):g}"
 
 
 def settings(keys, **fixed):
@@ -67,8 +71,8 @@ LABEL_KEYS = [
 
 # The grid: training per (cond_mode, alpha_uncond), evaluation also per cfg_scale.
 COND_MODES = config["cond_mode"]
-ALPHAS = [num(a) for a in config["alpha_uncond"]]
-CFG_SCALES = [num(c) for c in config["cfg_scale"]]
+ALPHAS = [path_number(a) for a in config["alpha_uncond"]]
+CFG_SCALES = [path_number(c) for c in config["cfg_scale"]]
 
 
 def demo_shards():
