@@ -172,8 +172,10 @@ def run_rollouts(
     n_video: int = 0,
     progress: bool = True,
     desc: str = "rollouts",
+    keep_observations: bool = True,
 ) -> tuple[list[Episode], RolloutStats]:
-    """K rollouts of `policy` per init state of the configured tasks, on a fresh env pool."""
+    """K rollouts of `policy` per init state of the configured tasks, on a fresh env pool
+    (see `EnvPool.run` for `keep_observations`)."""
     specs = episode_specs(
         suite=config["suite"],
         tasks=config["tasks"],
@@ -184,7 +186,9 @@ def run_rollouts(
         n_video=n_video,
     )
     with make_pool(config, len(specs)) as pool:
-        episodes = pool.run(specs, policy, progress=progress, desc=desc)
+        episodes = pool.run(
+            specs, policy, progress=progress, desc=desc, keep_observations=keep_observations
+        )
         return episodes, pool.stats
 
 

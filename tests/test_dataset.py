@@ -3,7 +3,7 @@ import pytest
 from test_episode_store import make_episode
 
 from ript.data.dataset import ChunkDataset
-from ript.data.episode_store import write_shard
+from ript.data.episode_store import EpisodeReader, write_shard
 
 
 @pytest.fixture
@@ -33,3 +33,29 @@ def test_only_successful_and_missing_keys(shard):
     assert len(ChunkDataset([shard], chunk_size=2, obs_keys=["state"], only_successful=True)) == 5
     with pytest.raises(KeyError, match="no observation 'wrist'"):
         ChunkDataset([shard], chunk_size=2, obs_keys=["wrist"])
+
+
+def test_read_on_demand_gives_exactly_what_the_episodes_hold_in_memory(tmp_path):
+    """Frames one at a time and low-dim arrays through a cache of one episode (evicted at
+    every switch) give the arrays that reading whole episodes gives."""
+    shards = []
+    for s in range(2):
+        shards.append(tmp_path / f"s{s}.h5")
+        episodes = [make_episode(10 * s + i, t=4 + i) for i in range(3)]
+        write_shard(shards[-1], episodes, policy_id="x")
+    keys = ["state", "privileged_object_state", "agentview_rgb", "eye_in_hand_rgb"]
+    lazy = ChunkDataset(shards, chunk_size=3, obs_keys=keys, cache_episodes=1)
+    whole = []  # (obs, actions, prompt) per episode, read the plain way
+    for shard in shards:
+        with EpisodeReader(shard) as reader:
+            whole += [(ep.observation(keys), ep.actions, ep.attrs["language"]) for ep in reader]
+    rows = np.random.default_rng(0).permutation(len(lazy))
+    got = lazy.batch(rows)
+    for i, (e, t) in enumerate(lazy.index[rows]):
+        obs, actions, prompt = whole[e]
+        for key in keys:
+            np.testing.assert_array_equal(got["obs"][key][i], obs[key][t], err_msg=key)
+        steps = np.minimum(np.arange(t, t + 3), len(actions) - 1)
+        np.testing.assert_array_equal(got["actions"][i], actions[steps])
+        assert got["prompts"][i] == prompt
+    assert len(lazy._lowdim) == 1  # the cache stayed within its bound

@@ -54,6 +54,17 @@ def test_rollouts_are_reproducible(lowdim_pool):
         np.testing.assert_array_equal(x.states, y.states)
 
 
+def test_an_evaluation_that_stores_no_episodes_keeps_no_observations(lowdim_pool):
+    specs = short_specs(n_init=1, k=2, n_video=1)
+    kept = lowdim_pool.run(specs, RandomPolicy(), progress=False)
+    light = lowdim_pool.run(specs, RandomPolicy(), progress=False, keep_observations=False)
+    for x, y in zip(kept, light, strict=True):
+        np.testing.assert_array_equal(x.actions, y.actions)  # the same episodes
+        assert x.obs and x.states.shape[0] == x.length
+        assert y.obs == {} and y.states.size == 0
+    assert len(light[0].frames) == len(kept[0].frames) > 0  # videos are still recorded
+
+
 def test_killed_worker_is_recovered_with_the_exact_episode_count(lowdim_pool):
     specs = short_specs(n_init=2, k=2)
     reference = lowdim_pool.run(specs, RandomPolicy(), progress=False)

@@ -1,6 +1,7 @@
 """The Snakemake workflow, run for real on a micro config."""
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -165,3 +166,36 @@ def test_a_second_round_collects_with_the_chosen_policy(micro_run, tmp_path):
     assert rounds["success_rate"].tolist() == [best.success_rate, second_best.success_rate]
     assert (res / "round2/plots/success_vs_cfg.png").stat().st_size > 10_000
     assert "| 2 | bias |" in (res / "tables/rounds.md").read_text()
+
+
+def job_resources(dry_run_output: str) -> dict[str, set[str]]:
+    """Rule -> the distinct `resources:` lines of its jobs in a dry run."""
+    found: dict[str, set[str]] = {}
+    rule = None
+    for line in dry_run_output.splitlines():
+        if line.startswith(("rule ", "localrule ")):
+            rule = line.split()[1].rstrip(":")
+        elif line.strip().startswith("resources:") and rule:
+            found.setdefault(rule, set()).add(line.strip())
+    return found
+
+
+@pytest.mark.parametrize("device, train_gpus", [("cuda", 2), ("cpu", 1)])
+def test_jobs_ask_the_cluster_for_the_gpus_and_memory_their_config_needs(
+    tmp_path, device, train_gpus
+):
+    result = snakemake(
+        tmp_path, "all", "-n", "--configfile", str(ROOT / "config/config.yaml"),
+        "--config", f"device={device}", f"train_gpus={train_gpus}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    resources = job_resources(result.stdout)
+    gpus = {"collect": 1, "evaluate": 1, "evaluate_base": 1, "bootstrap": 2, "train": 2}
+    for rule, lines in resources.items():
+        (line,) = lines  # every job of a rule asks for the same
+        want = gpus.get(rule, 0) if device == "cuda" else 0
+        asked = re.search(r"gpu=(\d+)", line)
+        assert (int(asked.group(1)) if asked else 0) == want, line
+        if rule in ("demos", "collect", "evaluate", "evaluate_base", "bootstrap", "train"):
+            assert "mem_mb=" in line, line  # from the config, not the profile
+    assert set(gpus) <= set(resources)

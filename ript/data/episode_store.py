@@ -266,6 +266,41 @@ class EpisodeReader:
         """The episode's attributes (task, init state, success, ...) without its arrays."""
         return {k: _plain(v) for k, v in self._file["data"][demo].attrs.items()}
 
+    def read_actions(self, demo: str) -> tuple[np.ndarray, str, list[str]]:
+        """An episode's actions, language and observation keys, without its observations."""
+        try:
+            group = self._file["data"][demo]
+            return (
+                np.asarray(group["actions"]),
+                str(self.attributes(demo).get("language", self._language(group))),
+                sorted(group["obs"]),
+            )
+        except (OSError, KeyError) as e:
+            raise EpisodeFileError(f"{self.path}: cannot read data/{demo}: {e}") from e
+
+    def read_lowdim(self, demo: str, keys: list[str]) -> dict[str, np.ndarray]:
+        """Whole low-dim observation arrays (T, ...) of an episode, `state` derived."""
+        try:
+            obs = self._file["data"][demo]["obs"]
+            names = {"ee_pos", "ee_ori", "gripper_states"} if "state" in keys else set()
+            arrays = {k: np.asarray(obs[k]) for k in names | (set(keys) - {"state"})}
+        except (OSError, KeyError) as e:
+            raise EpisodeFileError(f"{self.path}: cannot read data/{demo}/obs: {e}") from e
+        if "state" in keys:
+            arrays["state"] = np.concatenate(
+                [arrays["ee_pos"], arrays["ee_ori"], arrays["gripper_states"]], axis=-1
+            ).astype(np.float32)
+        return {k: arrays[k] for k in keys}
+
+    def read_frame(self, demo: str, key: str, step: int) -> np.ndarray:
+        """One camera frame (images are stored one gzip chunk per frame), in policy
+        orientation."""
+        try:
+            frame = np.asarray(self._file["data"][demo]["obs"][key][step])
+        except (OSError, KeyError) as e:
+            raise EpisodeFileError(f"{self.path}: cannot read data/{demo}/obs/{key}: {e}") from e
+        return frame if self.flipped else flip_image(frame)
+
     def read(self, demo: str) -> StoredEpisode:
         try:
             group = self._file["data"][demo]

@@ -123,20 +123,28 @@ class _Buffer:
     actions: list[np.ndarray] = field(default_factory=list)
     rewards: list[float] = field(default_factory=list)
     success: bool = False
+    keep: bool = True  # every observation and simulator state, or only the latest
+
+    def observe(self, obs: dict[str, np.ndarray], state: np.ndarray) -> None:
+        if not self.keep:  # an evaluation whose episodes are not stored holds one frame
+            self.obs.clear()
+            self.states.clear()
+        self.obs.append(obs)
+        self.states.append(state)
 
     def finish(self) -> Episode:
         t = len(self.actions)
-        keys = self.obs[0].keys()
         dones = np.zeros(t, dtype=np.uint8)
         dones[-1] = 1
+        kept = self.obs[:t] if self.keep else []
         return Episode(
             spec=self.spec,
             language=self.language,
-            obs={k: np.stack([o[k] for o in self.obs[:t]]) for k in keys},
+            obs={k: np.stack([o[k] for o in kept]) for k in (kept[0] if kept else {})},
             actions=np.asarray(self.actions, dtype=np.float32),
             rewards=np.asarray(self.rewards, dtype=np.float32),
             dones=dones,
-            states=np.stack(self.states[:t]),
+            states=np.stack(self.states[:t]) if self.keep else np.zeros((0, 0)),
             success=self.success,
             frames=self.frames,
         )
@@ -342,8 +350,11 @@ class EnvPool:
         *,
         progress: bool = True,
         desc: str = "rollouts",
+        keep_observations: bool = True,
     ) -> list[Episode]:
-        """Roll out every spec once; episodes come back in `episode_index` order."""
+        """Roll out every spec once; episodes come back in `episode_index` order. Without
+        `keep_observations` they hold no observations or simulator states (an evaluation
+        that stores no episodes: with cameras those run to gigabytes); videos are kept."""
         if len({s.episode_index for s in specs}) != len(specs):
             raise ValueError("episode specs must have distinct episode_index values")
         self._discard_unfinished()
@@ -357,7 +368,8 @@ class EnvPool:
                 for w in self._workers:
                     if w.buffer is None and w.awaiting is None and pending:
                         spec = pending.popleft()
-                        w.buffer = _Buffer(spec, "", [], [], [] if spec.record_video else None)
+                        frames = [] if spec.record_video else None
+                        w.buffer = _Buffer(spec, "", [], [], frames, keep=keep_observations)
                         w.send("start", spec)
                 self._gather(pending, restarts, finished, bar)
                 live = [w for w in self._workers if w.buffer is not None]
@@ -434,8 +446,7 @@ class EnvPool:
         buf = w.buffer
         if kind == "started":
             buf.language, obs, state, frame = payload
-            buf.obs.append(obs)
-            buf.states.append(state)
+            buf.observe(obs, state)
             if buf.frames is not None:
                 buf.frames.append(frame)
             return
@@ -445,8 +456,7 @@ class EnvPool:
             buf.actions.append(np.asarray(action, dtype=np.float32))
             buf.rewards.append(reward)
             buf.success = buf.success or success
-            buf.obs.append(obs)
-            buf.states.append(state)
+            buf.observe(obs, state)
             if buf.frames is not None:
                 buf.frames.append(frame)
             self.stats.env_steps += 1

@@ -102,6 +102,7 @@ def _evaluate(
         init_states=init_range,
         rollouts_per_init=config["eval_rollouts_per_init"],
         progress=progress,
+        keep_observations=shard is not None,
         desc=f"evaluate {Path(out).parent.name}",
     )
     calls = getattr(policy, "inference_calls", 0)

@@ -121,7 +121,8 @@ class Policy:
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
+        """The dtype inputs are cast to: the trained weights' (frozen ones may be bf16)."""
+        return self.model.embed_action_time.state_proj.weight.dtype
 
     # --- observations -> model inputs -------------------------------------------------------
 
@@ -302,10 +303,20 @@ class Policy:
 
     # --- checkpoints ---------------------------------------------------------------------
 
-    def save_pretrained(self, path: str | Path) -> None:
+    def save_pretrained(
+        self, path: str | Path, state_dict: dict[str, torch.Tensor] | None = None
+    ) -> None:
+        """The checkpoint directory; `state_dict` (whole tensors under the plain model's
+        names, in the dtype to store) replaces the model's own weights, as when they are
+        sharded, hold LoRA adapters or should be stored in another dtype."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(path)
+        self.model.save_pretrained(path, state_dict=state_dict)
+        if state_dict is not None:  # config.json names the dtype of the model in memory
+            stored = next(v.dtype for v in state_dict.values() if v.is_floating_point())
+            config = json.loads((path / "config.json").read_text())
+            config["dtype"] = str(stored).removeprefix("torch.")
+            write_text_atomic(path / "config.json", json.dumps(config, indent=2) + "\n")
         self.tokenizer.save_pretrained(path)
         self.norm_stats.save(path / NORM_STATS_FILE)
         write_text_atomic(
@@ -389,6 +400,20 @@ class Policy:
             policy_id=f"{path.parent.name}/{path.name}(cfg_scale={cfg_scale:g})",
             compile=compile,
         )
+
+
+def checkpoint_dtype(path: str | Path) -> torch.dtype:
+    """The dtype most of a checkpoint's floating-point weights are stored in (read from the
+    safetensors header, without loading them)."""
+    from collections import Counter
+
+    from safetensors import safe_open
+
+    dtypes = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
+    with safe_open(str(Path(path) / "model.safetensors"), "pt") as f:
+        counts = Counter(f.get_slice(k).get_dtype() for k in f.keys())  # noqa: SIM118
+    stored = [d for d, _ in counts.most_common() if d in dtypes]
+    return dtypes[stored[0]] if stored else torch.float32
 
 
 def checkpoint_chunk_size(path: str | Path) -> int:

@@ -24,9 +24,7 @@ import hashlib
 import json
 import logging
 import math
-import os
 import shutil
-import socket
 import time
 import warnings
 from dataclasses import dataclass
@@ -37,7 +35,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from ript.collect import derive_seed
@@ -53,14 +50,25 @@ from ript.files import (
 )
 from ript.interrupt import Interrupted, deferred_signals, signal_name
 from ript.models.cfg_pi0 import UNCOND, positive_label
+from ript.models.checkpointing import enable_activation_checkpointing
+from ript.models.lora import add_lora, merged_state_dict, unmerged_state_dict
 from ript.models.policy import (
     CheckpointError,
     Policy,
     PolicySettings,
     checkpoint_chunk_size,
-    default_dtype,
+    checkpoint_dtype,
     new_policy,
-    resolve_device,
+)
+from ript.rl.distributed import (
+    full_tensor,
+    like,
+    load_model_state,
+    load_optimizer_state,
+    model_state,
+    optimizer_state,
+    setup_distributed,
+    shard,
 )
 from ript.rl.label import read_labels
 
@@ -163,36 +171,30 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int, final_ratio: float
     return final_ratio + (1 - final_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def setup_distributed(device: str) -> tuple[int, int, torch.device]:
-    """(rank, world size, device). Under torchrun the environment says it all; a plain
-    process gets RANK=0, WORLD_SIZE=1 and a free local port, so it needs nothing set."""
-    if "WORLD_SIZE" not in os.environ:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        os.environ.update(
-            RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
-        )
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    dev = resolve_device(device)
-    if dev.type == "cuda":
-        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        torch.cuda.set_device(dev)
-    if not dist.is_initialized():
-        backend = "nccl" if dev.type == "cuda" else "gloo"
-        dist.init_process_group(backend, rank=rank, world_size=world)
-    return rank, world, dev
+@dataclass(frozen=True)
+class Precision:
+    """How a run keeps and computes its numbers (config `precision`).
 
+    `mixed`: fp32 weights, AdamW moments and EMA, bf16 autocast for forward and backward.
+    `bf16`: all of those in bf16 and updated in place: a bf16 weight above ~0.0064 cannot move
+    by one step of 2.5e-5 (its spacing is 2^-7 of its size), so at pi0's fine-tuning rates
+    most updates round away. `fp32`: no autocast (the CPU default)."""
 
-class _Compute(nn.Module):
-    """DDP synchronises gradients of what runs in a module's forward: the branch losses."""
+    name: str
+    master_dtype: torch.dtype
+    autocast: bool
 
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
+    @classmethod
+    def resolve(cls, name: str, device: torch.device) -> Precision:
+        if name == "auto":
+            name = "mixed" if device.type == "cuda" else "fp32"
+        dtypes = {"mixed": torch.float32, "fp32": torch.float32, "bf16": torch.bfloat16}
+        return cls(name, dtypes[name], autocast=name != "fp32")
 
-    def forward(self, **kwargs: Any) -> torch.Tensor:
-        return self.model.compute_loss(**kwargs)
+    @property
+    def frozen_dtype(self) -> torch.dtype:
+        """Weights nothing updates are only read, in bf16 under autocast anyway."""
+        return torch.bfloat16 if self.autocast else torch.float32
 
 
 def condition_parameters(policy: Policy) -> list[nn.Parameter]:
@@ -218,8 +220,10 @@ class Trainer:
         world: int = 1,
         progress: bool = True,
         identity: str = "",
+        save_dtype: torch.dtype = torch.float32,
     ) -> None:
-        """`identity` (see `run_identity`) must match a checkpoint's for it to be resumed."""
+        """`identity` (see `run_identity`) must match a checkpoint's for it to be resumed;
+        the final policy is saved in `save_dtype` (checkpoints keep the training dtype)."""
         if mode not in MODES:
             raise ValueError(f"mode {mode!r}: expected one of {MODES}")
         self.policy, self.samples, self.config, self.mode = policy, samples, config, mode
@@ -227,6 +231,7 @@ class Trainer:
         self.alpha_uncond = alpha_uncond if mode == "cfg" else 0.0
         self.rank, self.world, self.progress = rank, world, progress
         self.identity = identity
+        self.save_dtype = save_dtype
         self.steps = config["sft_steps"] if mode == "sft" else config["train_steps"]
         self.batch_size = min(config["batch_size"], len(samples.dataset))
         if self.batch_size < config["batch_size"]:
@@ -245,7 +250,28 @@ class Trainer:
         if mode == "sft":
             for p in condition_parameters(policy):
                 p.requires_grad_(False)
-        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.precision = Precision.resolve(config["precision"], policy.device)
+        if self.precision.name == "bf16":
+            log.warning(
+                "precision: bf16 updates bf16 weights in place; at learning rates like pi0's "
+                "2.5e-5 most updates round away. Use mixed unless memory forces bf16"
+            )
+        self.lora = config["finetune"] == "lora"
+        if self.lora:
+            trainable = add_lora(
+                model,
+                config["lora_rank"],
+                config["lora_expert_rank"],
+                seed=config["seed"],
+                frozen_dtype=self.precision.frozen_dtype,
+            )
+            log.info("LoRA: %d trainable parameters", trainable)
+        if config["activation_checkpointing"]:
+            enable_activation_checkpointing(model)
+        if world > 1:
+            shard(model, policy.device)
+        self.named_params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        self.params = [p for _, p in self.named_params]
         self.optimizer = torch.optim.AdamW(
             self.params,
             lr=config["sft_learning_rate"] if mode == "sft" else config["learning_rate"],
@@ -256,7 +282,6 @@ class Trainer:
             self.optimizer,
             lambda s: lr_factor(s, config["warmup_steps"], self.steps, config["final_lr_ratio"]),
         )
-        self.compute = DistributedDataParallel(_Compute(model), find_unused_parameters=True)
         decay = config["ema_decay"]
         self.ema = [p.detach().clone() for p in self.params] if decay is not None else None
         self.step = 0
@@ -288,7 +313,7 @@ class Trainer:
 
     def losses(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(objective of this rank, global sum of w * L_pos, global sum of L_uncond); the
-        objective's gradients, averaged over ranks by DDP, are those of the global loss."""
+        objective's gradients, averaged over ranks by FSDP, are those of the global loss."""
         draw = self.draw(step)
         mine = np.arange(self.rank, self.batch_size, self.world)
         rows, dropped = draw["rows"][mine], draw["dropped"][mine]
@@ -303,8 +328,8 @@ class Trainer:
         branches = [pos_labels]
         if self.alpha_uncond > 0:
             branches.append(torch.full_like(pos_labels, UNCOND))
-        with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
-            loss = self.compute(
+        with torch.autocast(device.type, torch.bfloat16, enabled=self.precision.autocast):
+            loss = self.policy.model.compute_loss(
                 **self.policy.loss_inputs(data["obs"], prompts, data["actions"]),
                 branches=branches,
                 noise=torch.from_numpy(draw["noise"][mine]).to(device, dtype),
@@ -325,7 +350,9 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         objective, pos_sum, uncond_sum = self.losses(self.step)
         objective.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.config["grad_clip_norm"])
+        grad_norm = full_tensor(
+            torch.nn.utils.clip_grad_norm_(self.params, self.config["grad_clip_norm"])
+        )
         batch = self.batch_size
         loss_pos, loss_uncond = float(pos_sum) / batch, float(uncond_sum) / batch
         loss = loss_pos + self.alpha_uncond * loss_uncond
@@ -371,22 +398,48 @@ class Trainer:
     def checkpoint_dir(self) -> Path:
         return self.out / "checkpoints"
 
+    def ema_state(self) -> dict[str, torch.Tensor] | None:
+        """The EMA of every trained tensor, whole (every rank must call; rank 0 uses it)."""
+        if self.ema is None:
+            return None
+        names = [n for n, _ in self.named_params]
+        return {n: full_tensor(e).cpu() for n, e in zip(names, self.ema, strict=True)}
+
+    def gathered(self, ema: bool = False) -> dict[str, torch.Tensor]:
+        """The model's whole tensors on rank 0 (empty elsewhere; every rank must call), the
+        trained ones from the EMA when `ema`."""
+        state = model_state(self.policy.model)
+        averaged = self.ema_state() if ema else None
+        if averaged is not None and self.rank == 0:
+            state.update(averaged)
+        return state
+
+    def policy_weights(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """What a policy directory holds: a plain pi0 (LoRA adapters folded in)."""
+        return merged_state_dict(self.policy.model, state) if self.lora else state
+
     def save_checkpoint(self) -> Path:
-        """checkpoints/step_N (policy, optimizer, schedule, EMA and the metrics so far);
-        replaces older ones."""
+        """checkpoints/step_N: a policy directory of the current weights (so a checkpoint
+        evaluates like a final policy) plus the trainer state (optimizer, schedule, EMA, LoRA
+        adapters) and the metrics so far; replaces older ones. Whole tensors, so any number
+        of processes can resume it."""
         final = self.checkpoint_dir / f"step_{self.step:07d}"
+        state = self.gathered()
+        optimizer = optimizer_state(self.policy.model, self.optimizer)
+        ema = self.ema_state()
         if self.rank == 0:
             self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
             with atomic_output(final) as tmp:
-                self.policy.save_pretrained(tmp)
+                self.policy.save_pretrained(tmp, state_dict=self.policy_weights(state))
                 torch.save(
                     {
                         "step": self.step,
                         "identity": self.identity,
                         "nonfinite": self.nonfinite,
-                        "optimizer": self.optimizer.state_dict(),
+                        "optimizer": optimizer,
                         "scheduler": self.scheduler.state_dict(),
-                        "ema": self.ema,
+                        "ema": ema,
+                        "adapters": {k: v for k, v in state.items() if "lora_" in k},
                     },
                     tmp / STATE_FILE,
                 )
@@ -419,13 +472,19 @@ class Trainer:
             if self.rank == 0:
                 remove(self.checkpoint_dir)
             return None
-        saved = Policy.from_pretrained(path).model.state_dict()
-        self.policy.model.load_state_dict(saved)
-        self.optimizer.load_state_dict(state["optimizer"])
+        model = self.policy.model
+        weights: dict[str, torch.Tensor] = {}
+        if self.rank == 0:  # through transformers, which maps the stored names onto the model's
+            weights = Policy.from_pretrained(path, dtype=self.precision.master_dtype).model
+            weights = weights.state_dict()
+            if self.lora:
+                weights = unmerged_state_dict(model, weights, state["adapters"])
+        load_model_state(model, weights, strict=not self.lora)
+        load_optimizer_state(model, self.optimizer, state["optimizer"] if self.rank == 0 else {})
         self.scheduler.load_state_dict(state["scheduler"])
         if self.ema is not None and state["ema"] is not None:
-            for e, saved in zip(self.ema, state["ema"], strict=True):
-                e.copy_(saved)
+            for (name, _), e in zip(self.named_params, self.ema, strict=True):
+                e.copy_(like(state["ema"][name], e))
         self.step, self.nonfinite = state["step"], state["nonfinite"]
         log.info("resumed from %s at step %d", path, self.step)
         return path
@@ -481,16 +540,19 @@ class Trainer:
         return int(flag.item()) or None
 
     def save_final(self) -> Path:
-        """out/policy, written under a temporary name and renamed (EMA weights if enabled)."""
+        """out/policy in `save_dtype`, written under a temporary name and renamed (the EMA's
+        weights if enabled, LoRA adapters folded in)."""
         final = self.out / "policy"
+        state = self.gathered(ema=True)
         if self.rank == 0:
-            if self.ema is not None:
-                for e, p in zip(self.ema, self.params, strict=True):
-                    p.data.copy_(e)
+            weights = {
+                k: v.to(self.save_dtype) if v.is_floating_point() else v
+                for k, v in self.policy_weights(state).items()
+            }
             self.policy.model.eval()
             self.policy.policy_id = f"{self.out.name}"
             with atomic_output(final) as tmp:
-                self.policy.save_pretrained(tmp)
+                self.policy.save_pretrained(tmp, state_dict=weights)
                 if (self.out / SETTINGS_FILE).is_file():
                     shutil.copy(self.out / SETTINGS_FILE, tmp / SETTINGS_FILE)
         dist.barrier()
@@ -569,9 +631,10 @@ def build_policy(
     norm_stats: str | None,
     cond_mode: str,
     device: torch.device,
+    dtype: torch.dtype,
 ) -> Policy:
-    """The policy a run starts from: `init` (a checkpoint) or a fresh preset model."""
-    dtype = default_dtype(device)
+    """The policy a run starts from: `init` (a checkpoint) or a fresh preset model, its
+    weights in `dtype`."""
     if mode == "cfg" and norm_stats is not None:
         raise ValueError("--norm-stats: a CFG run keeps the base checkpoint's norm stats")
     if init is not None:
@@ -649,7 +712,11 @@ def train(
         samples = cfg_samples(labels, config)
     else:
         raise ValueError(f"--mode {mode!r}: expected one of {MODES}")
+    save_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(
+        config["save_dtype"], checkpoint_dtype(init) if init is not None else torch.float32
+    )
     rank, world, device = setup_distributed(config["device"])
+    precision = Precision.resolve(config["precision"], device)
     try:
         # only rank 0 writes; it holds the run directory against a second run into it
         with claim(out) if rank == 0 else contextlib.nullcontext():
@@ -660,6 +727,7 @@ def train(
                 norm_stats=norm_stats,
                 cond_mode=cond_mode,
                 device=device,
+                dtype=precision.master_dtype,
             )
             trainer = Trainer(
                 policy,
@@ -678,6 +746,7 @@ def train(
                     cond_mode=cond_mode,
                     alpha_uncond=alpha_uncond,
                 ),
+                save_dtype=save_dtype,
             )
             if rank == 0:
                 Path(out).mkdir(parents=True, exist_ok=True)
@@ -689,7 +758,12 @@ def train(
                     samples=len(samples.dataset),
                     positive_fraction=float(samples.is_positive.mean()),
                     batch_size=trainer.batch_size,
+                    precision=precision.name,
+                    save_dtype=str(save_dtype).removeprefix("torch."),
+                    finetune=config["finetune"],
+                    activation_checkpointing=config["activation_checkpointing"],
                     world_size=world,
+                    parallel="fsdp2" if world > 1 else "none",
                     device=str(device),
                 )
                 write_text_atomic(Path(out) / SETTINGS_FILE, json.dumps(settings, indent=2))

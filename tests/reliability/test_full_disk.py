@@ -1,7 +1,7 @@
 """A disk that fills up mid-write: the step exits with one line naming the file and why, and
 leaves no partial file behind.
 
-Two ways to fill a disk for real: a 1 MiB tmpfs (ENOSPC; needs the right to mount, as root in
+Two ways to fill a disk for real: a small tmpfs (ENOSPC; needs the right to mount, as root in
 CI's container) and a per-process file size limit (RLIMIT_FSIZE: the kernel refuses the write
 with EFBIG, which CPython surfaces as OSError because it ignores SIGXFSZ), available to any
 user.
@@ -66,7 +66,9 @@ def test_training_on_a_full_disk(micro_run, tmp_path, kind):
         assert not (out / "checkpoints/step_0000010").exists() and not (out / "policy").exists()
 
 
-@pytest.mark.parametrize("kind", ["tmpfs", "rlimit"])
+# Only a real full disk here: a file size limit would also reach the simulator workers, whose
+# robosuite appends to /tmp/robosuite.log at import (it outgrows any small limit in a session)
+@pytest.mark.parametrize("kind", ["tmpfs"])
 def test_collection_on_a_full_disk(micro_run, tmp_path, kind):
     with small_disk(tmp_path, kind, 64 << 10) as (where, preexec):  # the shard is ~130 KB
         out = where / "rollouts.h5"

@@ -18,8 +18,9 @@ rule bootstrap:
         f"{RESULTS}/logs/bootstrap.log",
     benchmark:
         f"{RESULTS}/benchmarks/bootstrap.tsv"
-    threads: 2
+    threads: TRAIN_THREADS
     resources:
+        mem_mb=mem_mb("bootstrap"),
         gpu=TRAIN_GPUS,
     conda:
         ENV

@@ -19,6 +19,9 @@ rule collect:
     benchmark:
         f"{RESULTS}/benchmarks/{{round}}collect/task{{task}}_init{{start}}-{{stop}}.tsv"
     threads: config["num_parallel_envs"]
+    resources:
+        mem_mb=mem_mb("collect"),
+        gpu=GPUS,
     conda:
         ENV
     shell:

@@ -11,6 +11,7 @@ from ript.config import (
     read_config_file,
     validate,
 )
+from ript.resources import job_memory_mb
 
 try:
     for configfile in workflow.configfiles:  # Snakemake's reader allows empty files, repeated keys
@@ -23,14 +24,22 @@ except ConfigError as error:
 RESULTS = f"results/{config['experiment']}"
 # Conda environment for all jobs (with --use-conda), installing the same package as pip.
 ENV = "../../environment.yml"
+# Jobs that run a policy (collect, evaluate) ask for one GPU when the config's device is cuda.
 GPUS = 1 if config["device"] == "cuda" else 0
-# Training jobs: one DDP process per GPU under torchrun when train_gpus > 1.
+# Training jobs: one process per GPU under torchrun (FSDP2) when train_gpus > 1, and CPU
+# threads to read and decompress their batches.
 TRAIN_GPUS = config["train_gpus"] if config["device"] == "cuda" else 0
+TRAIN_THREADS = 4 * TRAIN_GPUS if TRAIN_GPUS else 2
 TRAIN = (
     f"torchrun --standalone --nproc-per-node {TRAIN_GPUS} -m ript.cli train"
     if TRAIN_GPUS > 1
     else "ript train"
 )
+
+
+def mem_mb(rule):
+    """Memory of one job of `rule`, estimated from the config (ript.resources)."""
+    return job_memory_mb(config, rule)
 
 
 def settings(keys, **fixed):

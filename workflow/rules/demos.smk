@@ -16,6 +16,8 @@ rule demos:
     benchmark:
         f"{RESULTS}/benchmarks/demos/task{{task}}.tsv"
     threads: config["num_parallel_envs"]
+    resources:
+        mem_mb=mem_mb("demos"),
     conda:
         ENV
     shell:

@@ -18,6 +18,7 @@ rule evaluate:
         f"{RESULTS}/benchmarks/{{round}}eval/{{cond_mode}}_a{{alpha}}_cfg{{cfg}}.tsv"
     threads: config["num_parallel_envs"]
     resources:
+        mem_mb=mem_mb("evaluate"),
         gpu=GPUS,
     conda:
         ENV
@@ -39,6 +40,7 @@ rule evaluate_base:
         f"{RESULTS}/benchmarks/eval/base.tsv"
     threads: config["num_parallel_envs"]
     resources:
+        mem_mb=mem_mb("evaluate_base"),
         gpu=GPUS,
     conda:
         ENV

@@ -19,8 +19,9 @@ rule train:
         f"{RESULTS}/logs/{{round}}train/{{cond_mode}}_a{{alpha}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/{{round}}train/{{cond_mode}}_a{{alpha}}.tsv"
-    threads: 2
+    threads: TRAIN_THREADS
     resources:
+        mem_mb=mem_mb("train"),
         gpu=TRAIN_GPUS,
     conda:
         ENV
