@@ -134,17 +134,21 @@ def _check_bootstrap(config: dict[str, Any], source: str) -> None:
         )
 
 
+def checkpoint_chunk_size(path: str | Path) -> int | None:
+    """Actions per chunk of a checkpoint (ours or a stock pi0), read from its config.json
+    without loading it; None when unreadable (Policy.from_pretrained names what is wrong)."""
+    try:
+        return int(json.loads((Path(path) / "config.json").read_text())["chunk_size"])
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError):
+        return None
+
+
 def _check_chunk_size(config: dict[str, Any], source: str) -> None:
     """Training targets are chunks of the checkpoint's length; another length would be
     zero-padded (training towards no motion) or fail deep inside the model."""
     path = config["pretrained_path"]
-    if path is None:
-        return
-    try:
-        saved = json.loads((Path(path) / "config.json").read_text())["chunk_size"]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError):
-        return  # Policy.from_pretrained names what is wrong with the file
-    if saved != config["chunk_size"]:
+    saved = checkpoint_chunk_size(path) if path is not None else None
+    if saved is not None and saved != config["chunk_size"]:
         raise ConfigError(
             f"{source}: key 'chunk_size': {config['chunk_size']} but the checkpoint at "
             f"pretrained_path {path!r} predicts chunks of {saved} actions; set chunk_size: "

@@ -48,7 +48,6 @@ class ChunkDataset:
         """`episodes`: only these (shard, demo) pairs (e.g. those a label table keeps)."""
         self.chunk_size = chunk_size
         self.obs_keys = obs_keys
-        self.image_keys = [k for k in obs_keys if k in IMAGE_KEYS]
         self.lowdim_keys = [k for k in obs_keys if k not in IMAGE_KEYS]
         self.cache_episodes = cache_episodes
         self._readers: dict[str, EpisodeReader] = {}

@@ -416,17 +416,6 @@ def checkpoint_dtype(path: str | Path) -> torch.dtype:
     return dtypes[stored[0]] if stored else torch.float32
 
 
-def checkpoint_chunk_size(path: str | Path) -> int:
-    """Actions per chunk of a checkpoint (ours or a stock pi0), read without loading it."""
-    config_file = Path(path) / "config.json"
-    try:
-        return int(json.loads(config_file.read_text())["chunk_size"])
-    except FileNotFoundError:
-        raise CheckpointError(f"{Path(path)}: checkpoint lacks config.json") from None
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{config_file}: no chunk_size in it ({e})") from e
-
-
 def resolve_device(name: str) -> torch.device:
     """'auto' (CUDA when available), 'cpu' or 'cuda' (the config's `device`)."""
     if name == "cuda" or (name == "auto" and torch.cuda.is_available()):

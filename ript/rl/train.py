@@ -38,6 +38,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ript.collect import derive_seed
+from ript.config import checkpoint_chunk_size
 from ript.data.dataset import ChunkDataset, NoSuccessfulEpisodes
 from ript.data.norm_stats import NormStats
 from ript.files import (
@@ -56,7 +57,6 @@ from ript.models.policy import (
     CheckpointError,
     Policy,
     PolicySettings,
-    checkpoint_chunk_size,
     checkpoint_dtype,
     new_policy,
 )
@@ -694,14 +694,13 @@ def train(
     if alpha_uncond < 0:
         raise ValueError(f"--alpha-uncond {alpha_uncond}: expected >= 0")
     chunk_size = config["chunk_size"]
-    if init is not None:
-        saved = checkpoint_chunk_size(init)
-        if saved != chunk_size:
-            raise ValueError(
-                f"--init {init}: the checkpoint predicts chunks of {saved} actions (its "
-                f"config.json chunk_size) but the config's chunk_size is {chunk_size}; set "
-                f"chunk_size: {saved}"
-            )
+    saved = checkpoint_chunk_size(init) if init is not None else None
+    if saved is not None and saved != chunk_size:
+        raise ValueError(
+            f"--init {init}: the checkpoint predicts chunks of {saved} actions (its "
+            f"config.json chunk_size) but the config's chunk_size is {chunk_size}; set "
+            f"chunk_size: {saved}"
+        )
     if mode == "sft":
         if not demos:
             raise ValueError("--demos: SFT needs demonstration shards")
