@@ -67,8 +67,18 @@ def ensure_slurm_installed() -> None:
         subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=900)
 
 
-def start(cmd: list[str], env: dict) -> None:
+def start(cmd: list[str], env: dict, pid_file: Path, log: Path) -> int:
+    """Start a daemon and return its pid once it has written its pid file.
+
+    The daemons fork: the command returns before the child writes the file, so it is polled.
+    """
     subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=60)
+    for _ in range(300):
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            return int(pid_file.read_text())
+        time.sleep(0.1)
+    tail = log.read_text()[-2000:] if log.exists() else f"(no {log})"
+    pytest.fail(f"{cmd[0]} wrote no {pid_file} within 30 s; its log ends:\n{tail}")
 
 
 @pytest.fixture
@@ -103,13 +113,10 @@ def cluster(tmp_path_factory):
         if not munge_pid.exists():
             Path("/run/munge").mkdir(parents=True, exist_ok=True)
             shutil.chown("/run/munge", "munge")
-            start(["munged", "--force"], env)
-            pids.append(int(munge_pid.read_text()))
-        start(["slurmctld"], env)
-        pids.append(int((d / "slurmctld.pid").read_text()))
-        start(["slurmd"], env)
-        time.sleep(1)
-        pids.append(int((d / "slurmd.pid").read_text()))
+            munge_log = Path("/var/log/munge/munged.log")
+            pids.append(start(["munged", "--force"], env, munge_pid, munge_log))
+        pids.append(start(["slurmctld"], env, d / "slurmctld.pid", d / "slurmctld.log"))
+        pids.append(start(["slurmd"], env, d / "slurmd.pid", d / "slurmd.log"))
         for _ in range(60):
             state = subprocess.run(
                 ["sinfo", "-h", "-o", "%T"], env=env, capture_output=True, text=True
