@@ -1,40 +1,103 @@
-"""Env steps per second of the rollout pool: 1 and 2 workers, with and without cameras.
+"""Env steps per second: the async rollout engine vs the lock-step one vs bare simulators.
 
-    python benchmarks/env_throughput.py [--episodes 4] [--length 60] [--image-size 128]
+    python benchmarks/env_throughput.py [--workers 16 32] [--cameras off 128]
+        [--policies expert small] [--episodes-per-worker 2] [--length 100] [--device cuda]
 
-Each configuration first runs one warm-up round (worker start-up and env creation are not
-measured), then rolls out the same episodes with a seeded random policy. The last column
-is the ratio against 1 worker without cameras, measured in the same run.
+In one run, for every worker count and camera setting:
+  - `bare`: that many processes, each stepping its own LIBERO-Object simulator with zero
+    actions, side by side, no pool and no policy: what the simulators can do;
+  - the pool with the lock-step engine and with the async engine, rolling out the same
+    episodes with the scripted expert (a policy that costs nothing) and with a freshly
+    initialised policy of a preset (`small`: its inference on `--device`).
+Start-up (worker spawn, simulator creation, CUDA graph capture) is not measured: each
+configuration first runs one episode per worker. The last column is the rate against the
+bare simulators of the same setting, measured in the same run.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
+import multiprocessing as mp
 import time
+from pathlib import Path
 
 import numpy as np
 
 from ript.collect import episode_specs
-from ript.envs.pool import EnvPool, PolicyRequest
+from ript.envs.expert import ScriptedExpert
+from ript.envs.observation import DUMMY_ACTION, STATE_DIM
+from ript.envs.pool import EnvPool
+
+SUITE = "libero_object"
 
 
-class RandomPolicy:
-    policy_id = "random"
+def _bare_worker(cameras: bool, image_size: int, steps: int, start, done) -> None:
+    from ript.envs.libero_env import make_env, prepare_process_environment
 
-    def act(self, requests: list[PolicyRequest]) -> np.ndarray:
-        rng = np.random.default_rng([requests[0].episode.seed, requests[0].step])
-        return rng.uniform(-0.5, 0.5, size=(len(requests), 5, 7))
+    prepare_process_environment()
+    env = make_env(SUITE, 0, max_episode_length=10**6, cameras=cameras, image_size=image_size)
+    env.reset(seed=0, init_state_index=0)
+    start.wait()
+    for _ in range(steps):
+        env.step(DUMMY_ACTION)
+    done.put(time.monotonic())
+    env.close()
 
 
-def measure(workers: int, cameras: bool, episodes: int, length: int, image_size: int) -> float:
+def bare_rate(workers: int, cameras: bool, image_size: int, steps: int) -> float:
+    """Steps/s of `workers` simulators stepping side by side (from a common start)."""
+    ctx = mp.get_context("spawn")
+    start, done = ctx.Barrier(workers + 1), ctx.Queue()
+    procs = [
+        ctx.Process(target=_bare_worker, args=(cameras, image_size, steps, start, done))
+        for _ in range(workers)
+    ]
+    for p in procs:
+        p.start()
+    start.wait()
+    t0 = time.monotonic()
+    ends = [done.get(timeout=900) for _ in procs]
+    for p in procs:
+        p.join()
+    return workers * steps / (max(ends) - t0)
+
+
+def make_policy(name: str, cameras: bool, chunk: int, device: str):
+    if name == "expert":
+        return ScriptedExpert()
+    import torch
+
+    from ript.data.norm_stats import NormStats, Stats
+    from ript.models.policy import PolicySettings, new_policy
+
+    def identity(dim: int) -> Stats:
+        zeros, ones = np.zeros(dim, np.float32), np.ones(dim, np.float32)
+        return Stats(zeros, ones, -ones, ones)
+
+    cams = ["agentview_rgb", "eye_in_hand_rgb"] if cameras else []
+    settings = PolicySettings(state_keys=["state"], camera_keys=cams, num_camera_slots=len(cams))
+    norm = NormStats(identity(STATE_DIM), identity(7))
+    policy = new_policy(name, norm, settings, chunk_size=chunk, max_state_dim=STATE_DIM)
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    policy.model.to(device, dtype)
+    return policy
+
+
+def pool_rate(
+    engine: str, workers: int, cameras: bool, image_size: int, policy, episodes: int, length: int
+) -> float:
     specs = episode_specs(
-        suite="libero_object",
+        suite=SUITE,
         tasks=[0],
-        init_states=(0, episodes),
+        init_states=(0, 50),
         rollouts_per_init=1,
         seed=0,
         use_init_states=True,
     )
+    specs = [specs[i % len(specs)] for i in range(workers + episodes)]
+    specs = [dataclasses.replace(s, episode_index=i) for i, s in enumerate(specs)]
     with EnvPool(
         workers,
         max_episode_length=length,
@@ -43,31 +106,53 @@ def measure(workers: int, cameras: bool, episodes: int, length: int, image_size:
         cameras=cameras,
         image_size=image_size,
         privileged_object_state=True,
+        engine=engine,
     ) as pool:
-        pool.run(specs[:workers], RandomPolicy(), progress=False)  # warm-up: start + create
+        pool.run(specs[:workers], policy, progress=False)  # start-up, not measured
         steps_before = pool.stats.env_steps
         t0 = time.perf_counter()
-        pool.run(specs, RandomPolicy(), progress=False)
-        elapsed = time.perf_counter() - t0
-        return (pool.stats.env_steps - steps_before) / elapsed
+        pool.run(specs[workers:], policy, progress=False, keep_observations=False)
+        return (pool.stats.env_steps - steps_before) / (time.perf_counter() - t0)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--episodes", type=int, default=4)
-    parser.add_argument("--length", type=int, default=60)
-    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--workers", type=int, nargs="+", default=[2])
+    parser.add_argument("--cameras", nargs="+", default=["off", "128"], help="off or a size")
+    parser.add_argument("--policies", nargs="+", default=["expert", "tiny"])
+    parser.add_argument("--episodes-per-worker", type=int, default=2)
+    parser.add_argument("--length", type=int, default=100, help="steps per episode")
+    parser.add_argument("--bare-steps", type=int, default=200)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", type=Path, help="write the rows as JSON here")
     args = parser.parse_args()
     rows = []
-    for cameras in (False, True):
-        for workers in (1, 2):
-            rate = measure(workers, cameras, args.episodes, args.length, args.image_size)
-            rows.append((workers, cameras, rate))
-    reference = rows[0][2]
-    print(f"{'workers':>7} {'cameras':>8} {'env steps/s':>12} {'vs 1 worker low-dim':>20}")
-    for workers, cameras, rate in rows:
-        cams = f"{args.image_size}px" if cameras else "off"
-        print(f"{workers:>7} {cams:>8} {rate:>12.1f} {rate / reference:>19.2f}x")
+    for cams in args.cameras:
+        cameras, size = cams != "off", 128 if cams == "off" else int(cams)
+        for workers in args.workers:
+            bare = bare_rate(workers, cameras, size, args.bare_steps)
+            rows.append(dict(workers=workers, cameras=cams, policy="-", engine="bare", rate=bare))
+            print(json.dumps(rows[-1]), flush=True)
+            for name in args.policies:
+                policy = make_policy(name, cameras, 10, args.device)
+                for engine in ("lockstep", "async"):
+                    episodes = workers * args.episodes_per_worker
+                    rate = pool_rate(engine, workers, cameras, size, policy, episodes, args.length)
+                    rows.append(
+                        dict(workers=workers, cameras=cams, policy=name, engine=engine, rate=rate)
+                    )
+                    rows[-1]["vs_bare"] = rate / bare
+                    print(json.dumps(rows[-1]), flush=True)
+    print("\n| workers | cameras | policy | engine | env steps/s | vs bare |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        ratio = f"{r['vs_bare']:.0%}" if "vs_bare" in r else "100%"
+        print(
+            f"| {r['workers']} | {r['cameras']} | {r['policy']} | {r['engine']} "
+            f"| {r['rate']:.0f} | {ratio} |"
+        )
+    if args.out:
+        args.out.write_text(json.dumps(rows, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -330,6 +331,44 @@ def _run_plots(args: argparse.Namespace) -> None:
     print(f"plots: {args.success_vs_cfg}, {args.heatmap}, {args.training_curves}")
 
 
+def _add_bundle(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bundle",
+        help="an offline install of ript and one LIBERO suite, for machines without internet",
+    )
+    p.add_argument("--suite", required=True, help="the LIBERO suite whose assets go in")
+    p.add_argument("--tasks", type=int, nargs="+", help="only these task ids (default: all)")
+    p.add_argument("--out", required=True, type=Path, help="new directory for the bundle")
+    p.add_argument(
+        "--target-has",
+        type=Path,
+        help="the target's `python -m pip list --format=freeze`: what it has is left out",
+    )
+    p.add_argument("--python", help="the target's Python, e.g. 3.12 (default: this one)")
+    p.add_argument("--part-mib", type=int, default=60, help="largest part in MiB (default 60)")
+    p.add_argument(
+        "--xz-preset", type=int, default=6, choices=range(10), help="0 fast .. 9 small (6)"
+    )
+    p.add_argument("--extras", nargs="+", default=[], help="ript extras to include, e.g. test")
+    p.set_defaults(run=_run_bundle)
+
+
+def _run_bundle(args: argparse.Namespace) -> None:
+    from ript.bundle.build import build_bundle, summary
+
+    manifest = build_bundle(
+        args.suite,
+        args.out,
+        tasks=args.tasks,
+        target_has=args.target_has,
+        python=args.python,
+        part_mib=args.part_mib,
+        xz_preset=args.xz_preset,
+        extras=tuple(args.extras),
+    )
+    print(summary(manifest, args.out))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ript", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -343,6 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_plots(sub)
     _add_rounds(sub)
     _add_choose(sub)
+    _add_bundle(sub)
     return parser
 
 

@@ -135,6 +135,8 @@ def make_pool(config: dict[str, Any], num_episodes: int) -> EnvPool:
         render_source=config["render_source"],
         env_create_retries=config["env_create_retries"],
         worker_timeout_s=config["worker_timeout_s"],
+        engine=config["rollout_engine"],
+        max_wait_ms=config["max_wait_ms"],
     )
 
 

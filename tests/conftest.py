@@ -84,6 +84,14 @@ def lowdim_pool():
 
 
 @pytest.fixture(scope="session")
+def async_pool():
+    """Like lowdim_pool, served by the async engine with no wait budget (ready episodes are
+    sent to the policy at once)."""
+    with small_pool(2, engine="async", max_wait_ms=0.0) as pool:
+        yield pool
+
+
+@pytest.fixture(scope="session")
 def micro_run(tmp_path_factory) -> Path:
     """A work directory in which `snakemake all` ran the micro config to completion; tests
     that change it work on a copy (`shutil.copytree(micro_run, ..., symlinks=True)`)."""

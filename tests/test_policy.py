@@ -11,7 +11,13 @@ from transformers import PI0ForConditionalGeneration
 
 from ript.data.norm_stats import NormStats, NormStatsError, Stats
 from ript.envs.pool import EpisodeSpec, PolicyRequest
-from ript.models.policy import CheckpointError, Policy, PolicySettings, new_policy
+from ript.models.policy import (
+    CheckpointError,
+    Policy,
+    PolicySettings,
+    new_policy,
+    padded_batch_size,
+)
 
 PROMPT = "pick up the milk and place it in the basket"
 
@@ -199,6 +205,34 @@ def test_act_is_independent_of_the_batch(lowdim_policy):
     alone = lowdim_policy.act([request(1, 12)])
     np.testing.assert_allclose(together[1], alone[0], rtol=1e-5, atol=1e-5)
     assert together.shape == (3, 6, 7)
+
+
+def test_padded_batches_give_the_unpadded_actions(lowdim_policy, monkeypatch):
+    """Where CUDA graphs replay, `act` pads batches to powers of two (and prompts to a
+    multiple of 16 tokens); the caller gets its rows, unchanged."""
+    assert [padded_batch_size(n) for n in (1, 2, 3, 5, 16, 17)] == [1, 2, 4, 8, 16, 32]
+    requests = [
+        PolicyRequest(
+            {k: v[i] for k, v in lowdim_obs(3).items()},
+            PROMPT,
+            EpisodeSpec(i, "libero_object", 7, 0, 0, 20 + i, 0, "g"),
+            step=2,
+        )
+        for i in range(3)
+    ]
+    plain = lowdim_policy.act(requests)
+    seen = []
+    sample = lowdim_policy.sample_actions
+
+    def counted(obs, *args, **kwargs):
+        seen.append(len(obs["state"]))
+        return sample(obs, *args, **kwargs)
+
+    monkeypatch.setattr(lowdim_policy, "sample_actions", counted)
+    monkeypatch.setattr(lowdim_policy, "_graphed", lambda: True)
+    padded = lowdim_policy.act(requests)
+    assert seen == [4] and padded.shape == plain.shape == (3, 6, 7)
+    np.testing.assert_allclose(padded, plain, rtol=1e-5, atol=1e-5)
 
 
 def test_bad_inputs_are_named(lowdim_policy):

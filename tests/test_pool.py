@@ -1,5 +1,10 @@
 """Parallel rollouts with the real simulator: grouping, recovery, videos, the expert."""
 
+import os
+import signal
+import threading
+import time
+
 import numpy as np
 import pytest
 from conftest import KillingPolicy, RandomPolicy, small_pool
@@ -150,3 +155,65 @@ def test_switching_tasks_through_a_small_env_cache_changes_nothing():
     assert other.spec.task_id == 3 and revisit.spec.task_id == 0
     np.testing.assert_array_equal(first.states, revisit.states)
     np.testing.assert_array_equal(first.actions, revisit.actions)
+
+
+class StallingPolicy(RandomPolicy):
+    """Stops one simulator worker (SIGSTOP) for `stall_s` on one call, and counts the policy
+    calls made while it is stopped."""
+
+    def __init__(self, pool, stall_on_call: int, stall_s: float = 2.0) -> None:
+        super().__init__()
+        self.pool, self.stall_on_call, self.stall_s = pool, stall_on_call, stall_s
+        self.stopped_until = 0.0
+        self.calls_while_stopped = 0
+
+    def act(self, requests):
+        if time.monotonic() < self.stopped_until:
+            self.calls_while_stopped += 1
+        out = super().act(requests)
+        if self.calls == self.stall_on_call:
+            pid = self.pool.worker_pids[1]
+            os.kill(pid, signal.SIGSTOP)
+            self.stopped_until = time.monotonic() + self.stall_s
+            threading.Timer(self.stall_s, os.kill, (pid, signal.SIGCONT)).start()
+        return out
+
+
+def test_the_async_engine_gives_the_lockstep_episodes(lowdim_pool, async_pool):
+    specs = short_specs(n_init=2, k=2)
+    for policy in (RandomPolicy, lambda: ScriptedExpert(action_noise=0.1)):
+        lockstep = lowdim_pool.run(specs, policy(), progress=False)
+        served = async_pool.run(specs, policy(), progress=False)
+        for x, y in zip(lockstep, served, strict=True):
+            assert x.spec == y.spec and x.success == y.success
+            np.testing.assert_array_equal(x.actions, y.actions)
+            np.testing.assert_array_equal(x.states, y.states)
+
+
+@pytest.mark.parametrize("engine", ["lockstep", "async"])
+def test_a_stalled_simulator_holds_up_only_the_lockstep_engine(engine, lowdim_pool, async_pool):
+    pool = {"lockstep": lowdim_pool, "async": async_pool}[engine]
+    policy = StallingPolicy(pool, stall_on_call=3)
+    episodes = pool.run(short_specs(n_init=1, k=2), policy, progress=False)
+    assert [e.length for e in episodes] == [130, 130]
+    if engine == "lockstep":
+        assert policy.calls_while_stopped == 0  # every call waits for the stopped worker
+    else:  # the other episode is served meanwhile: 2 s hold ~20 of its 26 chunks
+        assert policy.calls_while_stopped >= 5
+
+
+def test_a_killed_worker_is_recovered_by_the_async_engine(lowdim_pool, async_pool):
+    specs = short_specs(n_init=2, k=2)
+    reference = lowdim_pool.run(specs, RandomPolicy(), progress=False)
+    restarts = async_pool.stats.worker_restarts
+    policy = KillingPolicy(async_pool, kill_on_call=4, worker=1)
+    episodes = async_pool.run(specs, policy, progress=False)
+    assert async_pool.stats.worker_restarts == restarts + 1
+    for got, want in zip(episodes, reference, strict=True):
+        np.testing.assert_array_equal(got.actions, want.actions)
+        np.testing.assert_array_equal(got.states, want.states)
+
+
+def test_the_engine_is_checked():
+    with pytest.raises(ValueError, match="engine 'fast'"):
+        small_pool(1, engine="fast")

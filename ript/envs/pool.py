@@ -1,11 +1,22 @@
-"""Parallel LIBERO rollouts: spawn-started simulator workers, one batched policy call per round.
+"""Parallel LIBERO rollouts: spawn-started simulator workers serving batched policy calls.
 
 The main process owns the policy; each worker owns the simulators of the tasks it has
-seen. Every round, all live episodes send their latest observation to one batched policy
-call, and each worker executes the first `replan_steps` actions of its chunk open-loop.
+seen and executes the first `replan_steps` actions of each chunk open-loop. Two engines
+decide when the policy is called:
+
+- `lockstep`: every round, all live episodes send their latest observation to one batched
+  call, so the policy waits for the slowest simulator and the simulators wait for the policy.
+  The batches are the same on every run, which keeps a run bit-reproducible on one machine.
+- `async`: the policy serves whichever episodes are ready: after the first observation
+  arrives it waits at most `max_wait_ms` for more (or until every outstanding one is in, or
+  `max_batch` are), while the other simulators keep stepping. A batch's composition then
+  depends on timing; an episode's actions do not, as long as the policy's output for one row
+  does not depend on the other rows (true of the expert and of seeded policies; a neural
+  policy only up to floating-point batch effects, which its fixed padded batch sizes reduce).
+
 A worker that dies (or stays silent past `worker_timeout_s`) is restarted and its episode
 is re-run from the start with the same seed, so a collection returns exactly the episodes
-asked for.
+asked for, with either engine.
 """
 
 from __future__ import annotations
@@ -203,16 +214,21 @@ def _worker_main(
                     obs = env.reset(seed=spec.reset_seed, init_state_index=spec.init_state_index)
                     conn.send(("started", (env.task.language, obs, env.sim_state(), frame(obs))))
                 elif cmd == "step":
+                    # Without `keep_all` (an evaluation that stores no episodes) only the
+                    # chunk's last observation travels back: a fifth of the pipe traffic.
+                    actions, keep_all = payload
                     transitions = []
-                    for action in payload:
+                    for i, action in enumerate(actions):
                         result = env.step(action)
+                        last = result.done or i == len(actions) - 1
+                        kept = keep_all or last
                         transitions.append(
                             (
-                                result.obs,
+                                result.obs if kept else None,
                                 result.reward,
                                 result.success,
                                 result.done,
-                                env.sim_state(),
+                                env.sim_state() if keep_all else None,
                                 frame(result.obs),
                             )
                         )
@@ -252,6 +268,7 @@ class _Worker:
         self.awaiting: str | None = None  # "start" or "step" while a reply is due
         self.pending_chunk: np.ndarray | None = None  # the actions of the last "step"
         self.sent_at = 0.0
+        self.replied_at = 0.0
 
     def send(self, cmd: str, payload: Any) -> None:
         # A worker that died since its last reply breaks the pipe here; the reply is still
@@ -260,7 +277,7 @@ class _Worker:
             self.conn.send((cmd, payload))
         self.awaiting = cmd
         if cmd == "step":
-            self.pending_chunk = payload
+            self.pending_chunk = payload[0]
         self.sent_at = time.monotonic()
 
     def close(self, timeout: float = 10.0) -> None:
@@ -271,6 +288,9 @@ class _Worker:
             self.process.kill()
             self.process.join()
         self.conn.close()
+
+
+ENGINES = ("lockstep", "async")
 
 
 class EnvPool:
@@ -290,12 +310,23 @@ class EnvPool:
         env_create_retries: int = 3,
         worker_timeout_s: float = 300.0,
         max_cached_envs: int = 4,
+        engine: str = "lockstep",
+        max_batch: int | None = None,
+        max_wait_ms: float = 5.0,
     ) -> None:
         """`max_cached_envs`: simulators a worker keeps across tasks (each holds a compiled
-        model, and a renderer with cameras); the least recently used is closed beyond it."""
+        model, and a renderer with cameras); the least recently used is closed beyond it.
+        `engine`, `max_batch` (default: all workers) and `max_wait_ms`: see the module."""
         global _logged_start_method
         if num_workers < 1:
             raise ValueError(f"num_workers must be >= 1, got {num_workers}")
+        if engine not in ENGINES:
+            raise ValueError(f"engine {engine!r}: expected one of {ENGINES}")
+        if max_batch is not None and max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        self.engine = engine
+        self.max_batch = max_batch or num_workers
+        self.max_wait_s = max_wait_ms / 1e3
         self.replan_steps = replan_steps
         self.worker_timeout_s = worker_timeout_s
         self._worker_args = (
@@ -363,26 +394,67 @@ class EnvPool:
         finished: dict[int, Episode] = {}
         start = time.monotonic()
         bar = tqdm(total=len(specs), desc=desc, disable=not progress, unit="ep")
+        progress_state = (pending, restarts, finished, bar)
         try:
             while pending or any(w.buffer is not None for w in self._workers):
-                for w in self._workers:
-                    if w.buffer is None and w.awaiting is None and pending:
-                        spec = pending.popleft()
-                        frames = [] if spec.record_video else None
-                        w.buffer = _Buffer(spec, "", [], [], frames, keep=keep_observations)
-                        w.send("start", spec)
-                self._gather(pending, restarts, finished, bar)
-                live = [w for w in self._workers if w.buffer is not None]
-                if not live:
+                self._start_episodes(pending, keep_observations)
+                if self.engine == "lockstep":
+                    self._gather(*progress_state)
+                    batch = [w for w in self._workers if w.buffer is not None]
+                else:
+                    batch = self._gather_ready(*progress_state)
+                if not batch:
                     continue
-                chunks = self._call_policy(policy, live)
-                for w, chunk in zip(live, chunks, strict=True):
-                    w.send("step", chunk[: self.replan_steps])
-                self._gather(pending, restarts, finished, bar)
+                chunks = self._call_policy(policy, batch)
+                for w, chunk in zip(batch, chunks, strict=True):
+                    w.send("step", (chunk[: self.replan_steps], keep_observations))
+                if self.engine == "lockstep":
+                    self._gather(*progress_state)
         finally:
             bar.close()
         self.stats.wall_seconds += time.monotonic() - start
         return [finished[s.episode_index] for s in sorted(specs, key=lambda s: s.episode_index)]
+
+    def _start_episodes(self, pending: deque[EpisodeSpec], keep_observations: bool) -> None:
+        for w in self._workers:
+            if w.buffer is None and w.awaiting is None and pending:
+                spec = pending.popleft()
+                frames = [] if spec.record_video else None
+                w.buffer = _Buffer(spec, "", [], [], frames, keep=keep_observations)
+                w.send("start", spec)
+
+    def _ready(self) -> list[_Worker]:
+        """Workers whose episode waits for actions, longest-waiting first."""
+        ready = [w for w in self._workers if w.buffer is not None and w.awaiting is None]
+        return sorted(ready, key=lambda w: w.replied_at)
+
+    def _gather_ready(
+        self,
+        pending: deque[EpisodeSpec],
+        restarts: dict[int, int],
+        finished: dict[int, Episode],
+        bar: tqdm,
+    ) -> list[_Worker]:
+        """The next batch of the async engine: wait for a first ready episode, then at most
+        `max_wait_s` for more, returning early once `max_batch` are ready or no reply is due.
+        Returns (possibly empty) as soon as a worker is free for a pending episode, so the
+        caller starts it without waiting for the batch."""
+        deadline = None
+        while True:
+            ready = self._ready()
+            if len(ready) >= self.max_batch:
+                return ready[: self.max_batch]
+            if not any(w.awaiting is not None for w in self._workers):
+                return ready
+            if pending and any(w.buffer is None and w.awaiting is None for w in self._workers):
+                return ready
+            now = time.monotonic()
+            if ready:
+                deadline = deadline or now + self.max_wait_s
+                if now >= deadline:
+                    return ready
+            timeout = 1.0 if deadline is None else deadline - now
+            self._poll(timeout, pending, restarts, finished, bar)
 
     def _discard_unfinished(self) -> None:
         """Forget episodes of an earlier run that was aborted (e.g. by a policy error)."""
@@ -419,26 +491,35 @@ class EnvPool:
         bar: tqdm,
     ) -> None:
         """Wait for every outstanding reply; restart workers that died on the way."""
-        while True:
-            waiting = {w.conn: w for w in self._workers if w.awaiting is not None}
-            if not waiting:
-                return
-            ready = wait(list(waiting), timeout=1.0)
-            for conn in ready:
-                w = waiting[conn]
-                try:
-                    kind, payload = conn.recv()
-                except (EOFError, ConnectionResetError, OSError):
-                    self._restart(w, pending, restarts, "died")
-                    continue
-                w.awaiting = None
-                if kind == "error":
-                    raise RuntimeError(f"simulator worker failed:\n{payload}")
-                self._absorb(w, kind, payload, finished, bar)
-            now = time.monotonic()
-            for w in waiting.values():
-                if w.awaiting is not None and now - w.sent_at > self.worker_timeout_s:
-                    self._restart(w, pending, restarts, f"was silent for {self.worker_timeout_s}s")
+        while any(w.awaiting is not None for w in self._workers):
+            self._poll(1.0, pending, restarts, finished, bar)
+
+    def _poll(
+        self,
+        timeout: float,
+        pending: deque[EpisodeSpec],
+        restarts: dict[int, int],
+        finished: dict[int, Episode],
+        bar: tqdm,
+    ) -> None:
+        """Take the replies that arrive within `timeout` s; restart dead or silent workers."""
+        waiting = {w.conn: w for w in self._workers if w.awaiting is not None}
+        for conn in wait(list(waiting), timeout=max(timeout, 0.0)):
+            w = waiting[conn]
+            try:
+                kind, payload = conn.recv()
+            except (EOFError, ConnectionResetError, OSError):
+                self._restart(w, pending, restarts, "died")
+                continue
+            w.awaiting = None
+            w.replied_at = time.monotonic()
+            if kind == "error":
+                raise RuntimeError(f"simulator worker failed:\n{payload}")
+            self._absorb(w, kind, payload, finished, bar)
+        now = time.monotonic()
+        for w in waiting.values():
+            if w.awaiting is not None and now - w.sent_at > self.worker_timeout_s:
+                self._restart(w, pending, restarts, f"was silent for {self.worker_timeout_s}s")
 
     def _absorb(
         self, w: _Worker, kind: str, payload: Any, finished: dict[int, Episode], bar: tqdm
@@ -456,7 +537,8 @@ class EnvPool:
             buf.actions.append(np.asarray(action, dtype=np.float32))
             buf.rewards.append(reward)
             buf.success = buf.success or success
-            buf.observe(obs, state)
+            if obs is not None:
+                buf.observe(obs, state)
             if buf.frames is not None:
                 buf.frames.append(frame)
             self.stats.env_steps += 1

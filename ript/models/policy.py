@@ -94,6 +94,8 @@ class Policy:
         self.settings = settings
         self.cfg_scale = settings.cfg_scale if cfg_scale is None else cfg_scale
         self.policy_id = policy_id
+        # pad `act` batches to powers of two: None means only where CUDA graphs are replayed
+        self.pad_batches: bool | None = None
         # what `sample_actions` has cost so far (observations in, actions out)
         self.inference_calls = 0
         self.inference_chunks = 0
@@ -174,6 +176,8 @@ class Policy:
         text = self.tokenizer(
             [p.strip().lower() for p in prompts],
             padding="longest",
+            # with CUDA graphs, a few prompt lengths (masked padding changes no output)
+            pad_to_multiple_of=16 if self._graphed() else None,
             truncation=True,
             max_length=self.settings.max_prompt_tokens,
             return_tensors="pt",
@@ -240,7 +244,12 @@ class Policy:
 
     def act(self, requests: list) -> np.ndarray:
         """The env pool's interface; noise is drawn per (episode seed, step), so a rollout
-        does not depend on which other episodes share its batch."""
+        does not depend on which other episodes share its batch. With CUDA graphs the batch
+        is padded (repeating its last request) to the next power of two, so that an async
+        pool's varying batches replay a few captured graphs instead of capturing one each."""
+        n = len(requests)
+        if self.pad_batches if self.pad_batches is not None else self._graphed():
+            requests = list(requests) + [requests[-1]] * (padded_batch_size(n) - n)
         obs = {k: np.stack([r.obs[k] for r in requests]) for k in requests[0].obs}
         c = self.model.config
         noise = torch.stack(
@@ -254,7 +263,10 @@ class Policy:
             ]
         )
         with torch.no_grad():
-            return self.sample_actions(obs, [r.prompt for r in requests], noise=noise)
+            return self.sample_actions(obs, [r.prompt for r in requests], noise=noise)[:n]
+
+    def _graphed(self) -> bool:
+        return self.sampler is not None and self.device.type == "cuda"
 
     # --- training ------------------------------------------------------------------------
 
@@ -400,6 +412,11 @@ class Policy:
             policy_id=f"{path.parent.name}/{path.name}(cfg_scale={cfg_scale:g})",
             compile=compile,
         )
+
+
+def padded_batch_size(n: int) -> int:
+    """The next power of two: at most log2(workers) + 1 batch shapes to capture."""
+    return 1 << max(n - 1, 0).bit_length()
 
 
 def checkpoint_dtype(path: str | Path) -> torch.dtype:
