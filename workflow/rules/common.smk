@@ -59,7 +59,8 @@ def settings(keys, **fixed):
 ENV_KEYS = [
     "suite", "cameras", "image_size", "privileged_object_state", "num_steps_wait",
     "max_episode_length", "replan_steps", "use_init_states", "train_init_states",
-    "eval_init_states", "env_create_retries", "worker_timeout_s", "seed",
+    "eval_init_states", "env_create_retries", "worker_timeout_s", "rollout_engine",
+    "max_wait_ms", "seed",
 ]
 # Keys that decide a fresh model and how it reads observations.
 MODEL_KEYS = [
