@@ -33,3 +33,76 @@ def test_the_training_benchmark_runs_each_kind_of_setting(tmp_path):
     assert all(r["step_s"] > 0 and len(r["loss"]) == r["steps"] for r in rows), rows
     assert rows[1]["gpus"] == 2 and 0 < rows[0]["moved_fraction"] <= 1
     assert "| fsdp2+ac | 2 |" in result.stdout and (tmp_path / "train_loss.png").is_file()
+
+
+def test_the_throughput_benchmark_compares_engines_with_bare_simulators(tmp_path):
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks/env_throughput.py"),
+            "--workers",
+            "1",
+            "--cameras",
+            "off",
+            "--policies",
+            "expert",
+            "tiny",
+            "--episodes-per-worker",
+            "1",
+            "--length",
+            "15",
+            "--bare-steps",
+            "15",
+            "--out",
+            str(tmp_path / "rows.json"),
+        ],  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads((tmp_path / "rows.json").read_text())
+    assert [(r["policy"], r["engine"]) for r in rows] == [
+        ("-", "bare"),
+        ("expert", "lockstep"),
+        ("expert", "async"),
+        ("tiny", "lockstep"),
+        ("tiny", "async"),
+    ]
+    assert all(r["rate"] > 0 for r in rows)
+    assert "| 1 | off | tiny | async |" in result.stdout
+
+
+def test_the_fit_benchmark_reads_a_finished_run(micro_run, tmp_path):
+    res = micro_run / "results/micro"
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks/cfg_fit.py"),
+            "--config",
+            str(micro_run / "micro.yaml"),
+            "--base",
+            str(res / "base/policy"),
+            "--trained",
+            f"bias={res / 'train/bias_a0.1/policy'}",
+            "--labels",
+            str(res / "labels.parquet"),
+            "--heldout",
+            *map(str, sorted((res / "rollouts").glob("*.h5"))),
+            "--draws",
+            "1",
+            "--stride",
+            "20",
+            "--out",
+            str(tmp_path / "rows.json"),
+        ],  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads((tmp_path / "rows.json").read_text())
+    sets = {r["set"] for r in rows}
+    assert sets == {"trained-on positives", "held-out successes", "held-out failures"}
+    assert {r["branch"] for r in rows} == {"positive", "uncond"}
+    assert all(r["loss"] > 0 and r["episodes"] > 0 for r in rows)

@@ -122,7 +122,7 @@ def test_lr_warms_up_then_decays_to_the_final_ratio():
 
 def test_objective_is_the_weighted_two_branch_loss(data, tmp_path):
     trainer = make_trainer(data, tmp_path, alpha=0.3)
-    objective, _, _ = trainer.losses(0)
+    objective, *_ = trainer.losses(0)
     draw = trainer.draw(0)
     batch = trainer.samples.dataset.batch(draw["rows"])
     policy = trainer.policy
@@ -139,12 +139,18 @@ def test_objective_is_the_weighted_two_branch_loss(data, tmp_path):
     want = (w * per_sample[0]).mean() + 0.3 * per_sample[1].mean()
     torch.testing.assert_close(objective, want)
     assert 0 < w.sum() < 8  # the batch mixes positive and non-positive samples
+    # the log: the positive branch's loss as a mean over its samples, and their share
+    trainer.metrics = MetricsLog(tmp_path / "metrics.csv", [])
+    row = trainer.train_step()
+    assert row["loss_pos"] == pytest.approx(float((w * per_sample[0]).sum() / w.sum()), rel=1e-5)
+    assert row["positive_weight"] == pytest.approx(float(w.mean()))
+    assert row["loss"] == pytest.approx(float(want), rel=1e-5)
 
 
 @pytest.mark.parametrize("alpha", [0.0, 0.5])
 def test_alpha_uncond_zero_gives_the_unconditional_branch_no_gradient(data, tmp_path, alpha):
     trainer = make_trainer(data, tmp_path, alpha=alpha)
-    objective, _, _ = trainer.losses(0)
+    objective, *_ = trainer.losses(0)
     objective.backward()
     grad = trainer.policy.model.embed_action_time.cond_bias.weight.grad
     assert grad[1].abs().sum() > 0  # the positive label learns

@@ -2,6 +2,12 @@
 
     L = sum_i(w_pos_i * L_pos_i) / B + alpha_uncond * sum_i(L_uncond_i) / B
 
+metrics.csv logs `loss` (L), `loss_pos` as the weighted mean over the samples that train the
+positive branch, sum_i(w_pos_i * L_pos_i) / sum_i(w_pos_i), and `positive_weight`,
+sum_i(w_pos_i) / B: L's positive term is their product, which moves with each batch's share
+of positives and so hides whether the branch fits them (the default run's positive fraction
+is ~0.39).
+
 `L_pos` is the flow-matching loss with the positive label, `L_uncond` with the
 unconditional one; both come from one `compute_loss` call sharing the prefix pass.
 `--mode sft` (the bootstrap) trains plain flow matching on demonstrations: one branch, every
@@ -80,6 +86,7 @@ METRIC_COLUMNS = [
     "loss",
     "loss_pos",
     "loss_uncond",
+    "positive_weight",
     "grad_norm",
     "lr",
     "samples_per_s",
@@ -311,8 +318,8 @@ class Trainer:
         ).astype(np.float32)
         return dict(rows=rows, dropped=dropped, time=flow_time, noise=noise)
 
-    def losses(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(objective of this rank, global sum of w * L_pos, global sum of L_uncond); the
+    def losses(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(objective of this rank, global sums of w * L_pos, of L_uncond and of w); the
         objective's gradients, averaged over ranks by FSDP, are those of the global loss."""
         draw = self.draw(step)
         mine = np.arange(self.rank, self.batch_size, self.world)
@@ -340,22 +347,23 @@ class Trainer:
         uncond_sum = loss[1].sum() if self.alpha_uncond > 0 else torch.zeros((), device=device)
         batch = self.batch_size
         objective = (pos_sum + self.alpha_uncond * uncond_sum) * self.world / batch
-        sums = torch.stack([pos_sum.detach(), uncond_sum.detach()])
+        sums = torch.stack([pos_sum.detach(), uncond_sum.detach(), w.sum()])
         dist.all_reduce(sums)
         sums = sums.cpu()
-        return objective, sums[0], sums[1]
+        return objective, sums[0], sums[1], sums[2]
 
     def train_step(self) -> dict[str, float]:
         t0 = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
-        objective, pos_sum, uncond_sum = self.losses(self.step)
+        objective, pos_sum, uncond_sum, weight_sum = self.losses(self.step)
         objective.backward()
         grad_norm = full_tensor(
             torch.nn.utils.clip_grad_norm_(self.params, self.config["grad_clip_norm"])
         )
         batch = self.batch_size
-        loss_pos, loss_uncond = float(pos_sum) / batch, float(uncond_sum) / batch
-        loss = loss_pos + self.alpha_uncond * loss_uncond
+        loss_uncond = float(uncond_sum) / batch
+        loss = float(pos_sum) / batch + self.alpha_uncond * loss_uncond
+        loss_pos = float(pos_sum) / float(weight_sum) if float(weight_sum) > 0 else math.nan
         lr = self.scheduler.get_last_lr()[0]
         if math.isfinite(loss) and math.isfinite(float(grad_norm)):
             self.optimizer.step()
@@ -378,6 +386,7 @@ class Trainer:
             loss=loss,
             loss_pos=loss_pos,
             loss_uncond=loss_uncond,
+            positive_weight=float(weight_sum) / batch,
             grad_norm=float(grad_norm),
             lr=lr,
             samples_per_s=batch / (time.perf_counter() - t0),
