@@ -221,7 +221,7 @@ def collect(
             progress=progress,
             desc=f"collect {out.name}",
         )
-        write_shard(out, episodes, policy_id=policy.policy_id)
+        write_shard(out, episodes, policy_id=policy.policy_id, frame_codec=config["frame_storage"])
         video_dir = Path(config["video_dir"]) if config["video_dir"] else out.parent / "videos"
         for ep in episodes:
             if ep.frames:

@@ -106,3 +106,31 @@ def test_the_fit_benchmark_reads_a_finished_run(micro_run, tmp_path):
     assert sets == {"trained-on positives", "held-out successes", "held-out failures"}
     assert {r["branch"] for r in rows} == {"positive", "uncond"}
     assert all(r["loss"] > 0 and r["episodes"] > 0 for r in rows)
+
+
+def test_the_frame_storage_benchmark_reads_a_shard(tmp_path):
+    from test_episode_store import make_episode, moving_frames
+
+    from ript.data.episode_store import write_shard
+
+    episode = make_episode(0, t=20)
+    for key in ("agentview_rgb", "eye_in_hand_rgb"):
+        episode.obs[key] = moving_frames(20)
+    shard = tmp_path / "shard.h5"
+    write_shard(shard, [episode], policy_id="expert")
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks/frame_storage.py"),
+            "--shard",
+            str(tmp_path / "shard.h5"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line.split("|")[1:-1] for line in result.stdout.splitlines() if line.startswith("| ")]
+    codecs = {row[0].strip(): row[-1].strip() for row in rows[1:]}
+    assert codecs["gzip"] == codecs["delta"] == "lossless"
+    assert codecs["jpeg"].endswith("dB")

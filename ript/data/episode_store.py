@@ -6,7 +6,8 @@ Layout (the same as LIBERO's official demonstration files, so one reader serves 
       demo_<i>/                  attrs: num_samples, suite, task_id, language, ...
         actions      (T, 7)
         obs/ee_pos (T, 3), ee_ori (T, 3), gripper_states (T, 2), joint_states (T, 7),
-            agentview_rgb, eye_in_hand_rgb (T, H, W, 3) uint8 gzip, when cameras are on
+            agentview_rgb, eye_in_hand_rgb (T, H, W, 3) uint8, when cameras are on
+                 (frame_storage: gzip by default; see FRAME_CODECS)
             privileged_object_state (T, 28), when enabled
         rewards (T,), dones (T,), states (T, S)
 
@@ -19,6 +20,7 @@ Shards are written to a temporary name and renamed, so a reader never sees half 
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,11 +30,21 @@ from typing import Any
 import h5py
 import numpy as np
 import pandas as pd
+from PIL import Image
 
 from ript.envs.observation import flip_image
 from ript.envs.pool import Episode
 from ript.files import atomic_output
 
+# How camera frames are stored (`frame_storage`; benchmarks/frame_storage.py measures them):
+#   gzip   one deflated chunk per frame: LIBERO's layout, readable by any HDF5 tool;
+#   delta  lossless, every frame minus the last keyframe (one in KEYFRAME_INTERVAL steps, mod
+#          256) then deflated: the static scene becomes zeros; a read decodes two frames;
+#          only ript's reader undoes it (attribute frame_codec on the dataset);
+#   jpeg   lossy (quality JPEG_QUALITY) and smallest: opt in only.
+FRAME_CODECS = ("gzip", "delta", "jpeg")
+KEYFRAME_INTERVAL = 16
+JPEG_QUALITY = 95
 FORMAT = "ript-episodes"
 FORMAT_VERSION = 1
 IMAGE_KEYS = ("agentview_rgb", "eye_in_hand_rgb")
@@ -96,8 +108,11 @@ def write_shard(
     *,
     policy_id: str,
     extra_attrs: dict[str, Any] | None = None,
+    frame_codec: str = "gzip",
 ) -> pd.DataFrame:
     """Write episodes and their index atomically; return the index."""
+    if frame_codec not in FRAME_CODECS:
+        raise ValueError(f"frame codec {frame_codec!r}: expected one of {FRAME_CODECS}")
     path = Path(path)
     if not episodes:
         raise ValueError(f"{path}: refusing to write a shard with no episodes")
@@ -118,7 +133,7 @@ def write_shard(
             total = 0
             for i, ep in enumerate(episodes):
                 demo = f"demo_{i}"
-                _write_episode(data.create_group(demo), ep, policy_id)
+                _write_episode(data.create_group(demo), ep, policy_id, frame_codec)
                 total += ep.length
                 rows.append(_index_row(demo, ep, policy_id, path.name))
             data.attrs["num_demos"] = len(episodes)
@@ -136,7 +151,66 @@ def write_shard(
     return index
 
 
-def _write_episode(group: h5py.Group, ep: Episode, policy_id: str) -> None:
+def write_frames(group: h5py.Group, key: str, frames: np.ndarray, codec: str) -> None:
+    """Camera frames (T, H, W, 3) uint8 as dataset `key` of `group`, in `codec`."""
+    if codec == "jpeg":
+        encoded = []
+        for frame in frames:
+            buffer = io.BytesIO()
+            # 4:4:4: small frames lose too much colour to chroma subsampling
+            Image.fromarray(frame).save(buffer, format="JPEG", quality=JPEG_QUALITY, subsampling=0)
+            encoded.append(np.frombuffer(buffer.getvalue(), dtype=np.uint8))
+        dataset = group.create_dataset(key, shape=(len(frames),), dtype=h5py.vlen_dtype(np.uint8))
+        for t, data in enumerate(encoded):
+            dataset[t] = data
+        dataset.attrs["frame_shape"] = frames.shape[1:]
+    else:
+        if codec == "delta":
+            keys = frames[(np.arange(len(frames)) // KEYFRAME_INTERVAL) * KEYFRAME_INTERVAL]
+            frames = frames - keys  # uint8 arithmetic wraps: undone by adding mod 256
+            frames[::KEYFRAME_INTERVAL] = keys[::KEYFRAME_INTERVAL]
+        dataset = group.create_dataset(
+            key, data=frames, chunks=(1, *frames.shape[1:]), compression="gzip",
+            compression_opts=4,
+        )  # fmt: skip
+    if codec != "gzip":
+        dataset.attrs["frame_codec"] = codec
+    if codec == "delta":
+        dataset.attrs["keyframe_interval"] = KEYFRAME_INTERVAL
+
+
+def read_stored_frame(dataset: h5py.Dataset, step: int) -> np.ndarray:
+    """Frame `step` of a dataset that `write_frames` wrote (or LIBERO's plain frames)."""
+    codec = dataset.attrs.get("frame_codec", "gzip")
+    if codec == "gzip":
+        return np.asarray(dataset[step])
+    if codec == "delta":
+        key = step - step % int(dataset.attrs["keyframe_interval"])
+        frame = np.asarray(dataset[step])
+        return frame if key == step else frame + np.asarray(dataset[key])
+    if codec == "jpeg":
+        return np.asarray(Image.open(io.BytesIO(dataset[step].tobytes())).convert("RGB"))
+    raise EpisodeFileError(
+        f"{dataset.file.filename}: {dataset.name}: unknown frame codec {codec!r}"
+    )
+
+
+def read_stored_frames(dataset: h5py.Dataset) -> np.ndarray:
+    """Every frame of a dataset that `write_frames` wrote, (T, H, W, 3) uint8."""
+    codec = dataset.attrs.get("frame_codec", "gzip")
+    if codec == "delta":
+        frames, interval = np.asarray(dataset), int(dataset.attrs["keyframe_interval"])
+        steps = np.arange(len(frames))
+        keys = steps - steps % interval
+        out = frames + frames[keys]
+        out[keys == steps] = frames[keys == steps]
+        return out
+    if codec == "jpeg":
+        return np.stack([read_stored_frame(dataset, t) for t in range(len(dataset))])
+    return read_stored_frame(dataset, slice(None))
+
+
+def _write_episode(group: h5py.Group, ep: Episode, policy_id: str, frame_codec: str) -> None:
     spec = ep.spec
     attrs = {
         "num_samples": ep.length,
@@ -164,13 +238,7 @@ def _write_episode(group: h5py.Group, ep: Episode, policy_id: str) -> None:
         if key == "state":
             continue  # derived from ee_pos, ee_ori and gripper_states
         if key in IMAGE_KEYS:
-            obs.create_dataset(
-                key,
-                data=value,
-                chunks=(1, *value.shape[1:]),
-                compression="gzip",
-                compression_opts=4,
-            )
+            write_frames(obs, key, value, frame_codec)
         else:
             obs.create_dataset(key, data=value)
 
@@ -296,7 +364,7 @@ class EpisodeReader:
         """One camera frame (images are stored one gzip chunk per frame), in policy
         orientation."""
         try:
-            frame = np.asarray(self._file["data"][demo]["obs"][key][step])
+            frame = read_stored_frame(self._file["data"][demo]["obs"][key], step)
         except (OSError, KeyError) as e:
             raise EpisodeFileError(f"{self.path}: cannot read data/{demo}/obs/{key}: {e}") from e
         return frame if self.flipped else flip_image(frame)
@@ -306,7 +374,10 @@ class EpisodeReader:
             group = self._file["data"][demo]
             attrs = self.attributes(demo)
             attrs.setdefault("language", self._language(group))
-            obs = {k: np.asarray(v) for k, v in group["obs"].items()}
+            obs = {
+                k: read_stored_frames(v) if k in IMAGE_KEYS else np.asarray(v)
+                for k, v in group["obs"].items()
+            }
             if not self.flipped:
                 for key in IMAGE_KEYS:
                     if key in obs:

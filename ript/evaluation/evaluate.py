@@ -134,7 +134,9 @@ def _evaluate(
         },
     }
     if shard is not None:
-        write_shard(shard, episodes, policy_id=policy.policy_id)
+        write_shard(
+            shard, episodes, policy_id=policy.policy_id, frame_codec=config["frame_storage"]
+        )
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out, json.dumps(metrics, indent=2) + "\n")
     return metrics

@@ -57,8 +57,8 @@ def settings(keys, **fixed):
 
 # Keys that decide how an episode is simulated.
 ENV_KEYS = [
-    "suite", "cameras", "image_size", "privileged_object_state", "num_steps_wait",
-    "max_episode_length", "replan_steps", "use_init_states", "train_init_states",
+    "suite", "cameras", "image_size", "frame_storage", "privileged_object_state",
+    "num_steps_wait", "max_episode_length", "replan_steps", "use_init_states", "train_init_states",
     "eval_init_states", "env_create_retries", "worker_timeout_s", "rollout_engine",
     "max_wait_ms", "seed",
 ]
