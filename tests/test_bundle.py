@@ -174,3 +174,18 @@ def test_a_bundle_installs_without_an_index_and_runs_an_episode(tmp_path):
     assert ran.returncode == 0, ran.stderr[-3000:]
     assert "episodes=1 " in ran.stdout
     assert Path(shard).is_file()
+    # a task the bundle was not built for names the asset it lacks
+    other = subprocess.run(
+        [
+            str(python),
+            "-c",
+            "from ript.envs.libero_env import make_env\n"
+            "make_env('libero_object', 3, max_episode_length=5)",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert other.returncode != 0
+    assert "file not found (an offline bundle built without this task?)" in other.stderr
+    assert str(env_dir) in other.stderr.splitlines()[-1]

@@ -10,6 +10,7 @@ from ript.report.tables import (
     markdown,
     newcombe_difference,
     paired_counts,
+    paired_episodes_needed,
     paired_newcombe_difference,
     sweep_table,
 )
@@ -111,3 +112,28 @@ def test_a_metrics_file_without_its_blocks_is_named(tmp_path):
     bad.write_text(json.dumps({"overall": {}}))
     with pytest.raises(ValueError, match=r"metrics\.json.*per_task"):
         sweep_table([], bad)
+
+
+def test_episodes_needed_follow_mcnemar_sample_size():
+    # discordance 13/50, difference 5/50: (1.96 sqrt(.26) + 0.84 sqrt(.25))^2 / .01 = 202
+    assert paired_episodes_needed(20, 9, 4, 17) == 202
+    assert paired_episodes_needed(10, 5, 5, 30) == float("inf")
+    # simulated: at that many episodes, a McNemar test rejects about 80% of the time
+    rng = np.random.default_rng(1)
+    n, rejected = 202, 0
+    for _ in range(2000):
+        cells = rng.multinomial(n, [20 / 50, 9 / 50, 4 / 50, 17 / 50])
+        b, c = cells[1], cells[2]
+        rejected += (b - c) ** 2 / max(b + c, 1) > 3.841
+    assert 0.74 <= rejected / 2000 <= 0.86
+
+
+def test_an_unresolved_best_point_says_how_many_episodes_it_would_need(tmp_path):
+    base = write_metrics(tmp_path / "base.json", [True] * 20 + [False] * 20)
+    trained = [True] * 18 + [False] * 2 + [True] * 5 + [False] * 15  # +3 of 40, discordant 7
+    training = {"mode": "cfg", "cond_mode": "bias", "alpha_uncond": 0.1}
+    table = sweep_table([write_metrics(tmp_path / "g.json", trained, training, 2.0)], base)
+    row = table.iloc[1]
+    assert not row["resolved_vs_base"]
+    assert row["episodes_needed"] == paired_episodes_needed(18, 5, 2, 15)
+    assert f"about {row['episodes_needed']:.0f} paired episodes per policy" in markdown(table)

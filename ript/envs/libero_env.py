@@ -215,6 +215,12 @@ def make_env(
             last = e
             if attempt + 1 < retries:
                 time.sleep(min(2.0**attempt, 10.0))
+    missing = getattr(last, "filename", None)
+    reason = (
+        f"{missing}: file not found (an offline bundle built without this task?)"
+        if (isinstance(last, FileNotFoundError) and missing)
+        else repr(last)
+    )
     raise RuntimeError(
-        f"could not create LIBERO env {suite} task {task_id} after {retries} attempts: {last!r}"
+        f"could not create LIBERO env {suite} task {task_id} after {retries} attempts: {reason}"
     ) from last

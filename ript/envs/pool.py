@@ -518,7 +518,8 @@ class EnvPool:
             self._absorb(w, kind, payload, finished, bar)
         now = time.monotonic()
         for w in waiting.values():
-            if w.awaiting is not None and now - w.sent_at > self.worker_timeout_s:
+            live = w in self._workers  # not replaced above after dying
+            if live and w.awaiting is not None and now - w.sent_at > self.worker_timeout_s:
                 self._restart(w, pending, restarts, f"was silent for {self.worker_timeout_s}s")
 
     def _absorb(

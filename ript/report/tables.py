@@ -62,6 +62,24 @@ def paired_newcombe_difference(
     return d, low, high
 
 
+def paired_episodes_needed(
+    both: int, only_1: int, only_2: int, neither: int, power: float = 0.8
+) -> float:
+    """Paired episodes that a difference as large as the observed one, with the observed
+    discordance, needs to be resolved by a two-sided 5% McNemar test with `power`
+    (Connor 1987, Biometrics 43:207). Infinite when the observed difference is 0."""
+    from statistics import NormalDist
+
+    n = both + only_1 + only_2 + neither
+    discordance = (only_1 + only_2) / n
+    d = (only_1 - only_2) / n
+    if d == 0:
+        return math.inf
+    z_alpha, z_power = NormalDist().inv_cdf(0.975), NormalDist().inv_cdf(power)
+    root = z_alpha * math.sqrt(discordance) + z_power * math.sqrt(max(discordance - d * d, 0.0))
+    return math.ceil(root**2 / d**2)
+
+
 def paired_counts(
     episodes_1: list[dict[str, Any]], episodes_2: list[dict[str, Any]]
 ) -> tuple[int, int, int, int] | None:
@@ -125,7 +143,7 @@ def sweep_table(grid: list[str | Path], base: str | Path) -> pd.DataFrame:
     rows = [metrics_row(p, loaded[str(p)]) for p in grid]
     table = pd.DataFrame(rows).sort_values(["cond_mode", "alpha_uncond", "cfg_scale"])
     table = pd.concat([pd.DataFrame([base_row]), table], ignore_index=True)
-    diffs, methods = [], []
+    diffs, methods, needed = [], [], []
     for r in table.itertuples():
         counts = paired_counts(
             loaded[r.metrics].get("episodes", []), loaded[str(base)].get("episodes", [])
@@ -137,12 +155,16 @@ def sweep_table(grid: list[str | Path], base: str | Path) -> pd.DataFrame:
         else:
             diffs.append(paired_newcombe_difference(*counts))
         methods.append("independent" if counts is None else "paired")
+        needed.append(math.nan if counts is None else paired_episodes_needed(*counts))
     table["diff_vs_base"] = [d[0] for d in diffs]
     table["diff_ci95_low"] = [d[1] for d in diffs]
     table["diff_ci95_high"] = [d[2] for d in diffs]
     table["diff_interval"] = methods
+    # paired episodes the observed gain would need (80% power, its observed discordance)
+    table["episodes_needed"] = needed
     table["resolved_vs_base"] = (table["diff_ci95_low"] > 0) | (table["diff_ci95_high"] < 0)
     table.loc[0, "resolved_vs_base"] = False
+    table.loc[0, "episodes_needed"] = math.nan
     grid_rows = table.index[table["policy"] == "cfg"]
     table["best"] = False
     if len(grid_rows):
@@ -200,6 +222,19 @@ def markdown(table: pd.DataFrame) -> str:
         "success: rate over all evaluation episodes [95% Wilson interval]; vs base: difference "
         f"to the base policy [95% interval; {interval}], * where the interval excludes 0."
     )
+    best = table[table["best"]].to_dict("records")
+    if best and not best[0]["resolved_vs_base"] and not pd.isna(best[0]["episodes_needed"]):
+        r = best[0]
+        need = (
+            "no number of episodes (no difference)"
+            if math.isinf(r["episodes_needed"])
+            else (f"about {r['episodes_needed']:.0f} paired episodes per policy")
+        )
+        lines.append(
+            f"The best point's {r['diff_vs_base']:+.2f} is not resolved at n = {r['n']}; with "
+            f"the measured discordance it would take {need} to resolve at 80% power "
+            "(McNemar, two-sided 5%)."
+        )
     return "\n".join(lines) + "\n"
 
 
