@@ -126,23 +126,28 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, help="write the rows as JSON here")
     args = parser.parse_args()
-    rows = []
+    rows: list[dict] = []
+
+    def record(row: dict) -> None:
+        """Print and keep a row; the JSON is rewritten each time, so a run stopped at its
+        time limit still leaves what it measured."""
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        if args.out:
+            args.out.write_text(json.dumps(rows, indent=1) + "\n")
+
     for cams in args.cameras:
         cameras, size = cams != "off", 128 if cams == "off" else int(cams)
         for workers in args.workers:
             bare = bare_rate(workers, cameras, size, args.bare_steps)
-            rows.append(dict(workers=workers, cameras=cams, policy="-", engine="bare", rate=bare))
-            print(json.dumps(rows[-1]), flush=True)
+            record(dict(workers=workers, cameras=cams, policy="-", engine="bare", rate=bare))
             for name in args.policies:
                 policy = make_policy(name, cameras, 10, args.device)
                 for engine in ("lockstep", "async"):
                     episodes = workers * args.episodes_per_worker
                     rate = pool_rate(engine, workers, cameras, size, policy, episodes, args.length)
-                    rows.append(
-                        dict(workers=workers, cameras=cams, policy=name, engine=engine, rate=rate)
-                    )
-                    rows[-1]["vs_bare"] = rate / bare
-                    print(json.dumps(rows[-1]), flush=True)
+                    row = dict(workers=workers, cameras=cams, policy=name, engine=engine)
+                    record(row | dict(rate=rate, vs_bare=rate / bare))
     print("\n| workers | cameras | policy | engine | env steps/s | vs bare |")
     print("|---|---|---|---|---|---|")
     for r in rows:
@@ -151,8 +156,6 @@ def main() -> None:
             f"| {r['workers']} | {r['cameras']} | {r['policy']} | {r['engine']} "
             f"| {r['rate']:.0f} | {ratio} |"
         )
-    if args.out:
-        args.out.write_text(json.dumps(rows, indent=1) + "\n")
 
 
 if __name__ == "__main__":
