@@ -180,7 +180,7 @@ class StallingPolicy(RandomPolicy):
 
 
 def test_the_async_engine_gives_the_lockstep_episodes(lowdim_pool, async_pool):
-    specs = short_specs(n_init=2, k=2)
+    specs = short_specs(n_init=1, k=3)
     for policy in (RandomPolicy, lambda: ScriptedExpert(action_noise=0.1)):
         lockstep = lowdim_pool.run(specs, policy(), progress=False)
         served = async_pool.run(specs, policy(), progress=False)
@@ -203,7 +203,7 @@ def test_a_stalled_simulator_holds_up_only_the_lockstep_engine(engine, lowdim_po
 
 
 def test_a_killed_worker_is_recovered_by_the_async_engine(lowdim_pool, async_pool):
-    specs = short_specs(n_init=2, k=2)
+    specs = short_specs(n_init=1, k=3)
     reference = lowdim_pool.run(specs, RandomPolicy(), progress=False)
     restarts = async_pool.stats.worker_restarts
     policy = KillingPolicy(async_pool, kill_on_call=4, worker=1)

@@ -54,7 +54,7 @@ def test_every_config_dry_runs(tmp_path, config, target):
     result = snakemake(tmp_path, *args)
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = job_counts(result.stdout)
-    grid = len(settings["cond_mode"]) * len(settings["alpha_uncond"])
+    grid = len(settings["cond_mode"]) * len(settings["alpha_uncond"]) * settings.get("rounds", 1)
     assert jobs["train"] == grid and jobs["evaluate"] == grid * len(settings["cfg_scale"])
     assert ("bootstrap" in jobs) == (not pretrained)
 
