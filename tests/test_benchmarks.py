@@ -7,27 +7,23 @@ import sys
 from micro import ROOT
 
 
-def test_the_training_benchmark_runs_each_kind_of_setting(tmp_path):
+def run_benchmark(script: str, *args: str) -> subprocess.CompletedProcess:
+    """`python benchmarks/<script> ARGS`, which must exit 0."""
     result = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks/train_memory.py"),
-            "--preset",
-            "tiny",
-            "--device",
-            "cpu",
-            "--settings",
-            "bf16",
-            "fsdp2+ac",
-            "lora+ac",
-            "--out",
-            str(tmp_path),
-        ],  # fmt: skip
+        [sys.executable, str(ROOT / "benchmarks" / script), *args],
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def test_the_training_benchmark_runs_each_kind_of_setting(tmp_path):
+    result = run_benchmark(
+        "train_memory.py", "--preset", "tiny", "--device", "cpu",
+        "--settings", "bf16", "fsdp2+ac", "lora+ac", "--out", str(tmp_path),
+    )  # fmt: skip
     rows = json.loads((tmp_path / "rows.json").read_text())
     assert [r["setting"] for r in rows] == ["bf16", "fsdp2+ac", "lora+ac"]
     assert all(r["step_s"] > 0 and len(r["loss"]) == r["steps"] for r in rows), rows
@@ -36,31 +32,11 @@ def test_the_training_benchmark_runs_each_kind_of_setting(tmp_path):
 
 
 def test_the_throughput_benchmark_compares_engines_with_bare_simulators(tmp_path):
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks/env_throughput.py"),
-            "--workers",
-            "1",
-            "--cameras",
-            "off",
-            "--policies",
-            "expert",
-            "tiny",
-            "--episodes-per-worker",
-            "1",
-            "--length",
-            "15",
-            "--bare-steps",
-            "15",
-            "--out",
-            str(tmp_path / "rows.json"),
-        ],  # fmt: skip
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_benchmark(
+        "env_throughput.py", "--workers", "1", "--cameras", "off", "--policies", "expert",
+        "tiny", "--episodes-per-worker", "1", "--length", "15", "--bare-steps", "15",
+        "--out", str(tmp_path / "rows.json"),
+    )  # fmt: skip
     rows = json.loads((tmp_path / "rows.json").read_text())
     assert [(r["policy"], r["engine"]) for r in rows] == [
         ("-", "bare"),
@@ -75,32 +51,14 @@ def test_the_throughput_benchmark_compares_engines_with_bare_simulators(tmp_path
 
 def test_the_fit_benchmark_reads_a_finished_run(micro_run, tmp_path):
     res = micro_run / "results/micro"
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks/cfg_fit.py"),
-            "--config",
-            str(micro_run / "micro.yaml"),
-            "--base",
-            str(res / "base/policy"),
-            "--trained",
-            f"bias={res / 'train/bias_a0.1/policy'}",
-            "--labels",
-            str(res / "labels.parquet"),
-            "--heldout",
-            *map(str, sorted((res / "rollouts").glob("*.h5"))),
-            "--draws",
-            "1",
-            "--stride",
-            "20",
-            "--out",
-            str(tmp_path / "rows.json"),
-        ],  # fmt: skip
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_benchmark(
+        "cfg_fit.py", "--config", str(micro_run / "micro.yaml"),
+        "--base", str(res / "base/policy"),
+        "--trained", f"bias={res / 'train/bias_a0.1/policy'}",
+        "--labels", str(res / "labels.parquet"),
+        "--heldout", *map(str, sorted((res / "rollouts").glob("*.h5"))),
+        "--draws", "1", "--stride", "20", "--out", str(tmp_path / "rows.json"),
+    )  # fmt: skip
     rows = json.loads((tmp_path / "rows.json").read_text())
     sets = {r["set"] for r in rows}
     assert sets == {"trained-on positives", "held-out successes", "held-out failures"}
@@ -118,18 +76,7 @@ def test_the_frame_storage_benchmark_reads_a_shard(tmp_path):
         episode.obs[key] = moving_frames(20)
     shard = tmp_path / "shard.h5"
     write_shard(shard, [episode], policy_id="expert")
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks/frame_storage.py"),
-            "--shard",
-            str(tmp_path / "shard.h5"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_benchmark("frame_storage.py", "--shard", str(shard))
     rows = [line.split("|")[1:-1] for line in result.stdout.splitlines() if line.startswith("| ")]
     codecs = {row[0].strip(): row[-1].strip() for row in rows[1:]}
     assert codecs["gzip"] == codecs["delta"] == "lossless"

@@ -299,14 +299,13 @@ def _download(name: str, version: str, python: str, out_dir: Path) -> WheelEntry
     before = set(out_dir.iterdir())
     result = subprocess.run([*cmd, f"{name}=={version}"], capture_output=True, text=True)
     new = sorted(set(out_dir.iterdir()) - before)
-    for wheel in new:
-        _store_uncompressed(wheel)
     if result.returncode or not new:
         raise BundleError(
             f"{name} {version} is compiled and no wheel for Python {python} could be fetched "
             f"(pip download: {result.stderr.strip()[-300:] or 'no file'}); build the bundle on a "
             f"machine with index access, or with Python {python} itself"
         )
+    _store_uncompressed(new[0])
     return WheelEntry(name, version, new[0].name, "downloaded")
 
 
@@ -424,8 +423,7 @@ def build_bundle(
             "required but not installed here, so it cannot be bundled: "
             + ", ".join(f"{n} ({r})" for n, r in sorted(chosen.missing.items()))
         )
-    start = time.monotonic()
-    traced = any(canonicalize_name(n) in ASSET_DIRECTORIES for n in chosen.include)
+    traced = any(name in ASSET_DIRECTORIES for name in chosen.include)
     needed = loaded_files(suite, tasks) if traced else None
     with atomic_output(out) as tmp, tempfile.TemporaryDirectory(prefix="ript-wheels-") as wd:
         tmp.mkdir(parents=True)
@@ -450,11 +448,10 @@ def build_bundle(
             "wheel_bytes": wheel_bytes,
             "wheels": [asdict(e) for e in entries],
             "on_target": dict(sorted(chosen.on_target.items())),
-            "asset_files": len(needed) if needed is not None else None,
+            "traced_files": len(needed) if needed is not None else None,
             "install": f"python{python} {INSTALLER}",
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
-    manifest["seconds"] = time.monotonic() - start
     return manifest
 
 

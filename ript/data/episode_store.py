@@ -154,15 +154,12 @@ def write_shard(
 def write_frames(group: h5py.Group, key: str, frames: np.ndarray, codec: str) -> None:
     """Camera frames (T, H, W, 3) uint8 as dataset `key` of `group`, in `codec`."""
     if codec == "jpeg":
-        encoded = []
-        for frame in frames:
+        dataset = group.create_dataset(key, shape=(len(frames),), dtype=h5py.vlen_dtype(np.uint8))
+        for t, frame in enumerate(frames):
             buffer = io.BytesIO()
             # 4:4:4: small frames lose too much colour to chroma subsampling
             Image.fromarray(frame).save(buffer, format="JPEG", quality=JPEG_QUALITY, subsampling=0)
-            encoded.append(np.frombuffer(buffer.getvalue(), dtype=np.uint8))
-        dataset = group.create_dataset(key, shape=(len(frames),), dtype=h5py.vlen_dtype(np.uint8))
-        for t, data in enumerate(encoded):
-            dataset[t] = data
+            dataset[t] = np.frombuffer(buffer.getvalue(), dtype=np.uint8)
         dataset.attrs["frame_shape"] = frames.shape[1:]
     else:
         if codec == "delta":
@@ -207,7 +204,7 @@ def read_stored_frames(dataset: h5py.Dataset) -> np.ndarray:
         return out
     if codec == "jpeg":
         return np.stack([read_stored_frame(dataset, t) for t in range(len(dataset))])
-    return read_stored_frame(dataset, slice(None))
+    return np.asarray(dataset)
 
 
 def _write_episode(group: h5py.Group, ep: Episode, policy_id: str, frame_codec: str) -> None:

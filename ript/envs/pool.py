@@ -162,6 +162,17 @@ class _Buffer:
 
 
 @dataclass
+class _Run:
+    """The bookkeeping of one `EnvPool.run`, shared by the steps of its loop."""
+
+    pending: deque[EpisodeSpec]
+    keep_observations: bool
+    bar: tqdm
+    restarts: dict[int, int] = field(default_factory=dict)  # episode_index -> worker restarts
+    finished: dict[int, Episode] = field(default_factory=dict)
+
+
+@dataclass
 class RolloutStats:
     episodes: int = 0
     successes: int = 0
@@ -389,38 +400,36 @@ class EnvPool:
         if len({s.episode_index for s in specs}) != len(specs):
             raise ValueError("episode specs must have distinct episode_index values")
         self._discard_unfinished()
-        pending: deque[EpisodeSpec] = deque(specs)
-        restarts: dict[int, int] = {}
-        finished: dict[int, Episode] = {}
         start = time.monotonic()
         bar = tqdm(total=len(specs), desc=desc, disable=not progress, unit="ep")
-        progress_state = (pending, restarts, finished, bar)
+        run = _Run(deque(specs), keep_observations, bar)
         try:
-            while pending or any(w.buffer is not None for w in self._workers):
-                self._start_episodes(pending, keep_observations)
+            while run.pending or any(w.buffer is not None for w in self._workers):
+                self._start_episodes(run)
                 if self.engine == "lockstep":
-                    self._gather(*progress_state)
+                    self._gather(run)
                     batch = [w for w in self._workers if w.buffer is not None]
                 else:
-                    batch = self._gather_ready(*progress_state)
+                    batch = self._gather_ready(run)
                 if not batch:
                     continue
                 chunks = self._call_policy(policy, batch)
                 for w, chunk in zip(batch, chunks, strict=True):
                     w.send("step", (chunk[: self.replan_steps], keep_observations))
                 if self.engine == "lockstep":
-                    self._gather(*progress_state)
+                    self._gather(run)
         finally:
             bar.close()
         self.stats.wall_seconds += time.monotonic() - start
-        return [finished[s.episode_index] for s in sorted(specs, key=lambda s: s.episode_index)]
+        order = sorted(specs, key=lambda s: s.episode_index)
+        return [run.finished[s.episode_index] for s in order]
 
-    def _start_episodes(self, pending: deque[EpisodeSpec], keep_observations: bool) -> None:
+    def _start_episodes(self, run: _Run) -> None:
         for w in self._workers:
-            if w.buffer is None and w.awaiting is None and pending:
-                spec = pending.popleft()
+            if w.buffer is None and w.awaiting is None and run.pending:
+                spec = run.pending.popleft()
                 frames = [] if spec.record_video else None
-                w.buffer = _Buffer(spec, "", [], [], frames, keep=keep_observations)
+                w.buffer = _Buffer(spec, "", [], [], frames, keep=run.keep_observations)
                 w.send("start", spec)
 
     def _ready(self) -> list[_Worker]:
@@ -428,13 +437,7 @@ class EnvPool:
         ready = [w for w in self._workers if w.buffer is not None and w.awaiting is None]
         return sorted(ready, key=lambda w: w.replied_at)
 
-    def _gather_ready(
-        self,
-        pending: deque[EpisodeSpec],
-        restarts: dict[int, int],
-        finished: dict[int, Episode],
-        bar: tqdm,
-    ) -> list[_Worker]:
+    def _gather_ready(self, run: _Run) -> list[_Worker]:
         """The next batch of the async engine: wait for a first ready episode, then at most
         `max_wait_s` for more, returning early once `max_batch` are ready or no reply is due.
         Returns (possibly empty) as soon as a worker is free for a pending episode, so the
@@ -446,7 +449,8 @@ class EnvPool:
                 return ready[: self.max_batch]
             if not any(w.awaiting is not None for w in self._workers):
                 return ready
-            if pending and any(w.buffer is None and w.awaiting is None for w in self._workers):
+            free = any(w.buffer is None and w.awaiting is None for w in self._workers)
+            if run.pending and free:
                 return ready
             now = time.monotonic()
             if ready:
@@ -454,7 +458,7 @@ class EnvPool:
                 if now >= deadline:
                     return ready
             timeout = 1.0 if deadline is None else deadline - now
-            self._poll(timeout, pending, restarts, finished, bar)
+            self._poll(timeout, run)
 
     def _discard_unfinished(self) -> None:
         """Forget episodes of an earlier run that was aborted (e.g. by a policy error)."""
@@ -483,25 +487,12 @@ class EnvPool:
             raise ValueError(f"policy {policy.policy_id!r} returned non-finite actions")
         return chunks
 
-    def _gather(
-        self,
-        pending: deque[EpisodeSpec],
-        restarts: dict[int, int],
-        finished: dict[int, Episode],
-        bar: tqdm,
-    ) -> None:
+    def _gather(self, run: _Run) -> None:
         """Wait for every outstanding reply; restart workers that died on the way."""
         while any(w.awaiting is not None for w in self._workers):
-            self._poll(1.0, pending, restarts, finished, bar)
+            self._poll(1.0, run)
 
-    def _poll(
-        self,
-        timeout: float,
-        pending: deque[EpisodeSpec],
-        restarts: dict[int, int],
-        finished: dict[int, Episode],
-        bar: tqdm,
-    ) -> None:
+    def _poll(self, timeout: float, run: _Run) -> None:
         """Take the replies that arrive within `timeout` s; restart dead or silent workers."""
         waiting = {w.conn: w for w in self._workers if w.awaiting is not None}
         for conn in wait(list(waiting), timeout=max(timeout, 0.0)):
@@ -509,22 +500,20 @@ class EnvPool:
             try:
                 kind, payload = conn.recv()
             except (EOFError, ConnectionResetError, OSError):
-                self._restart(w, pending, restarts, "died")
+                self._restart(w, run, "died")
                 continue
             w.awaiting = None
             w.replied_at = time.monotonic()
             if kind == "error":
                 raise RuntimeError(f"simulator worker failed:\n{payload}")
-            self._absorb(w, kind, payload, finished, bar)
+            self._absorb(w, kind, payload, run)
         now = time.monotonic()
         for w in waiting.values():
             live = w in self._workers  # not replaced above after dying
             if live and w.awaiting is not None and now - w.sent_at > self.worker_timeout_s:
-                self._restart(w, pending, restarts, f"was silent for {self.worker_timeout_s}s")
+                self._restart(w, run, f"was silent for {self.worker_timeout_s}s")
 
-    def _absorb(
-        self, w: _Worker, kind: str, payload: Any, finished: dict[int, Episode], bar: tqdm
-    ) -> None:
+    def _absorb(self, w: _Worker, kind: str, payload: Any, run: _Run) -> None:
         buf = w.buffer
         if kind == "started":
             buf.language, obs, state, frame = payload
@@ -545,17 +534,15 @@ class EnvPool:
             self.stats.env_steps += 1
             if done:
                 episode = buf.finish()
-                finished[episode.spec.episode_index] = episode
+                run.finished[episode.spec.episode_index] = episode
                 w.buffer = None
                 self.stats.episodes += 1
                 self.stats.successes += int(episode.success)
-                bar.update(1)
-                bar.set_postfix(success=f"{self.stats.successes}/{self.stats.episodes}")
+                run.bar.update(1)
+                run.bar.set_postfix(success=f"{self.stats.successes}/{self.stats.episodes}")
                 return
 
-    def _restart(
-        self, w: _Worker, pending: deque[EpisodeSpec], restarts: dict[int, int], why: str
-    ) -> None:
+    def _restart(self, w: _Worker, run: _Run, why: str) -> None:
         spec = w.buffer.spec if w.buffer is not None else None
         log.warning("[EnvPool] worker pid %s %s; restarting it", w.process.pid, why)
         w.process.kill()
@@ -565,12 +552,12 @@ class EnvPool:
         idx = self._workers.index(w)
         self._workers[idx] = self._new_worker()
         if spec is not None:
-            n = restarts.get(spec.episode_index, 0) + 1
-            restarts[spec.episode_index] = n
+            n = run.restarts.get(spec.episode_index, 0) + 1
+            run.restarts[spec.episode_index] = n
             if n > MAX_EPISODE_RESTARTS:
                 raise RuntimeError(
                     f"episode {spec.episode_index} ({spec.suite} task {spec.task_id}, init state "
                     f"{spec.init_state_index}) lost its worker {n} times; giving up"
                 )
             log.warning("[EnvPool] re-running episode %d from its start", spec.episode_index)
-            pending.appendleft(spec)
+            run.pending.appendleft(spec)

@@ -94,8 +94,6 @@ class Policy:
         self.settings = settings
         self.cfg_scale = settings.cfg_scale if cfg_scale is None else cfg_scale
         self.policy_id = policy_id
-        # pad `act` batches to powers of two: None means only where CUDA graphs are replayed
-        self.pad_batches: bool | None = None
         # what `sample_actions` has cost so far (observations in, actions out)
         self.inference_calls = 0
         self.inference_chunks = 0
@@ -248,7 +246,7 @@ class Policy:
         is padded (repeating its last request) to the next power of two, so that an async
         pool's varying batches replay a few captured graphs instead of capturing one each."""
         n = len(requests)
-        if self.pad_batches if self.pad_batches is not None else self._graphed():
+        if self._graphed():
             requests = list(requests) + [requests[-1]] * (padded_batch_size(n) - n)
         obs = {k: np.stack([r.obs[k] for r in requests]) for k in requests[0].obs}
         c = self.model.config
