@@ -14,6 +14,7 @@ wildcard_constraints:
     task=r"\d+",
     start=r"\d+",
     stop=r"\d+",
+    stage=r"screen|contend",
     cond_mode=r"token|concat|bias",
     alpha=r"[0-9][0-9.e+-]*",
     cfg=r"[0-9][0-9.e+-]*",
@@ -27,6 +28,7 @@ include: "workflow/rules/collect.smk"
 include: "workflow/rules/label.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/select.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/rounds.smk"
 
@@ -37,6 +39,7 @@ report: "workflow/report/workflow.rst"
 rule sweep:
     input:
         expand([*rules.tables.output, *rules.plots.output], round=ROUND_PREFIXES),
+        expand(rules.select.output, round=ROUND_PREFIXES) if ADAPTIVE else [],
         rules.rounds_table.output if len(ROUND_PREFIXES) > 1 else [],
 
 

@@ -1,13 +1,15 @@
 """`ript choose`: the model the next round collects with (`rounds: N`, RIPT-style iteration).
 
-Round r + 1 starts from the best grid point of round r's sweep table: its trained policy,
-sampled at its cfg_scale. The chosen policy directory is a hard-linked copy of the trained one
+Round r + 1 starts from the grid point marked best in round r's sweep table (eval_schedule
+full) or selection table (adaptive, `ript select`): its trained policy, sampled at its
+cfg_scale. The chosen policy directory is a hard-linked copy of the trained one
 (π0's weights are not copied; a plain copy where links are impossible) whose policy.json
 carries the chosen cfg_scale, so every step that loads it without --cfg-scale samples the
 way it was evaluated; choice.json beside it records the chosen row.
 
-The choice is made on the evaluation init states, so later rounds' numbers on those init
-states include a selection effect; the rounds table says so.
+With eval_schedule full the choice is made on the evaluation init states, so later rounds'
+numbers on those init states include a selection effect (the rounds table says so); adaptive
+chooses on selection episodes and keeps the evaluation init states for the comparison.
 """
 
 from __future__ import annotations
@@ -20,7 +22,11 @@ from typing import Any
 
 from ript.config import CHECKPOINT_FILES, POLICY_FILE, missing_files
 from ript.files import atomic_output, write_text_atomic
-from ript.report.tables import best_row, read_sweep
+from ript.report.tables import best_row, read_table
+
+CHOICE_COLUMNS = [
+    "cond_mode", "alpha_uncond", "cfg_scale", "success_rate", "ci95_low", "ci95_high",
+]  # fmt: skip
 
 
 def link_tree(source: Path, target: Path) -> None:
@@ -38,7 +44,8 @@ def link_tree(source: Path, target: Path) -> None:
 
 def choose(table_csv: str | Path, out: str | Path) -> dict[str, Any]:
     """Write `out`/policy (the chosen policy at its cfg_scale) and `out`/choice.json."""
-    row = best_row(read_sweep(table_csv), table_csv)
+    required = {"policy", "best", "metrics", "n", *CHOICE_COLUMNS}
+    row = best_row(read_table(table_csv, required, "a sweep or selection table"), table_csv)
     metrics_path = Path(row["metrics"])
     try:
         source = Path(json.loads(metrics_path.read_text())["settings"]["policy"])

@@ -279,15 +279,61 @@ def _add_rounds(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sweeps", nargs="+", required=True, help="sweep.csv of rounds 1, 2, ...")
     p.add_argument("--csv", required=True, help="rounds.csv to write")
     p.add_argument("--md", required=True, help="rounds.md to write")
+    p.add_argument(
+        "--selection",
+        choices=["eval", "separate"],
+        default="eval",
+        help="where the best points were chosen: on the evaluation episodes (eval_schedule "
+        "full) or on separate selection episodes (adaptive); the table's note says which",
+    )
     p.set_defaults(run=_run_rounds)
 
 
 def _run_rounds(args: argparse.Namespace) -> None:
     from ript.report.tables import write_rounds_table
 
-    table = write_rounds_table(args.sweeps, args.csv, args.md)
+    table = write_rounds_table(args.sweeps, args.csv, args.md, args.selection)
     rates = ", ".join(f"{r:.3f}" for r in table["success_rate"])
     print(f"rounds: {args.csv}: best success per round {rates}")
+
+
+def _add_contenders(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "contenders", help="adaptive evaluation: the grid points that go on from the screen"
+    )
+    p.add_argument("--screen", nargs="+", required=True, help="screen metrics.json per point")
+    p.add_argument("--max-contenders", type=int, required=True, help="at most this many go on")
+    p.add_argument("--out", required=True, help="contenders.json to write")
+    p.set_defaults(run=_run_contenders)
+
+
+def _run_contenders(args: argparse.Namespace) -> None:
+    from ript.select import contenders
+
+    if args.max_contenders < 1:
+        raise ValueError(f"--max-contenders {args.max_contenders}: need at least 1")
+    result = contenders(args.screen, args.max_contenders, args.out)
+    print(f"contenders: {args.out}: {len(result['contenders'])} of {len(args.screen)} go on")
+
+
+def _add_select(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("select", help="adaptive evaluation: the selection table and its choice")
+    p.add_argument("--screen", nargs="+", required=True, help="screen metrics.json per point")
+    p.add_argument("--contend", nargs="+", required=True, help="contend metrics.json per contender")
+    p.add_argument("--csv", required=True, help="selection.csv to write")
+    p.add_argument("--md", required=True, help="selection.md to write")
+    p.set_defaults(run=_run_select)
+
+
+def _run_select(args: argparse.Namespace) -> None:
+    from ript.select import write_selection
+
+    table = write_selection(args.screen, args.contend, args.csv, args.md)
+    best = table[table["best"]].iloc[0]
+    print(
+        f"select: {args.csv}: chosen {best['cond_mode']} alpha_uncond={best['alpha_uncond']:g} "
+        f"cfg_scale={best['cfg_scale']:g}: {best['successes']}/{best['n']} selection episodes"
+    )
 
 
 def _add_choose(sub: argparse._SubParsersAction) -> None:
@@ -309,7 +355,9 @@ def _run_choose(args: argparse.Namespace) -> None:
 
 def _add_plots(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("plots", help="success vs cfg_scale, heatmap and training curves")
-    p.add_argument("--table", required=True, help="sweep.csv from `ript tables`")
+    p.add_argument(
+        "--table", required=True, help="sweep.csv (`ript tables`) or selection.csv (`ript select`)"
+    )
     p.add_argument(
         "--train-metrics", nargs="+", default=[], metavar="NAME=CSV", help="training runs"
     )
@@ -321,9 +369,10 @@ def _add_plots(sub: argparse._SubParsersAction) -> None:
 
 def _run_plots(args: argparse.Namespace) -> None:
     from ript.report.plots import heatmap, success_vs_cfg, training_curves
-    from ript.report.tables import read_sweep
+    from ript.report.tables import read_table
 
-    table = read_sweep(args.table)
+    required = {"policy", "best", "cond_mode", "alpha_uncond", "cfg_scale", "success_rate"}
+    table = read_table(args.table, required | {"ci95_low", "ci95_high"}, "a sweep table")
     success_vs_cfg(table, args.success_vs_cfg)
     heatmap(table, args.heatmap)
     runs = dict(item.split("=", 1) for item in args.train_metrics)
@@ -381,6 +430,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tables(sub)
     _add_plots(sub)
     _add_rounds(sub)
+    _add_contenders(sub)
+    _add_select(sub)
     _add_choose(sub)
     _add_bundle(sub)
     return parser

@@ -7,6 +7,7 @@ override the matching keys, and say so in the log.
 from __future__ import annotations
 
 import difflib
+import itertools
 import json
 import logging
 import os
@@ -178,6 +179,8 @@ def _check_cross_keys(config: dict[str, Any], source: str) -> None:
             f"{source}: keys 'train_init_states' {[a0, a1]} and 'eval_init_states' {[b0, b1]} "
             "overlap; training rollouts must not start from evaluation init states"
         )
+    if config["eval_schedule"] == "adaptive":
+        _check_selection_ranges(config, source)
     if config["rollouts_per_init"] < 2:
         raise ConfigError(
             f"{source}: key 'rollouts_per_init': {config['rollouts_per_init']} rollout per init "
@@ -207,6 +210,34 @@ def _check_cross_keys(config: dict[str, Any], source: str) -> None:
             f"{source}: key 'render_source': 'obs' takes video frames from the camera "
             "observation but 'cameras' is false; set render_source: render (or cameras: true)"
         )
+
+
+def _check_selection_ranges(config: dict[str, Any], source: str) -> None:
+    """Adaptive evaluation selects on init states that neither training nor the final
+    comparison uses, so the chosen point's interval against the base stays honest."""
+    ranges = {}
+    for key in ("screen_init_states", "contend_init_states"):
+        if config[key] is None:
+            raise ConfigError(
+                f"{source}: key '{key}' is not set; eval_schedule: adaptive selects on it "
+                "(a half-open range [start, stop) of init states, e.g. [10, 15])"
+            )
+        start, stop = config[key]
+        if not 0 <= start < stop <= NUM_FIXED_INIT_STATES:
+            raise ConfigError(
+                f"{source}: key '{key}': {[start, stop]} is not a half-open range "
+                f"[start, stop) with 0 <= start < stop <= {NUM_FIXED_INIT_STATES}"
+            )
+        ranges[key] = (start, stop)
+    others = {key: tuple(config[key]) for key in ("train_init_states", "eval_init_states")}
+    for first, second in [*itertools.combinations(ranges, 2), *itertools.product(ranges, others)]:
+        (a0, a1), (b0, b1) = (ranges | others)[first], (ranges | others)[second]
+        if a0 < b1 and b0 < a1:
+            raise ConfigError(
+                f"{source}: keys '{first}' {[a0, a1]} and '{second}' {[b0, b1]} overlap; "
+                "adaptive evaluation needs disjoint init states for the screen, the "
+                "contenders, training and the final comparison"
+            )
 
 
 def _check_checkpoint_paths(config: dict[str, Any], source: str) -> None:
@@ -254,10 +285,12 @@ def coerce_numbers(config: dict[str, Any]) -> dict[str, Any]:
     out = dict(config)
     for key, value in config.items():
         spec = properties.get(key, {})
-        kinds = spec.get("type")
-        if kinds in ("number", "integer"):
-            out[key] = _number(value, kinds)
-        elif kinds == "array" and isinstance(value, list):
+        types = spec.get("type")
+        kinds = types if isinstance(types, list) else [types]  # e.g. [array, "null"]
+        number = next((kind for kind in kinds if kind in ("number", "integer")), None)
+        if number is not None:
+            out[key] = _number(value, number)
+        elif "array" in kinds and isinstance(value, list):
             item = spec.get("items", {}).get("type")
             if item in ("number", "integer"):
                 out[key] = [_number(v, item) for v in value]

@@ -64,7 +64,7 @@ def job_memory_mb(config: dict[str, Any], rule: str) -> int:
         return rollout_memory_mb(config, tasks * (stop - start) * config["demos_per_init"], True)
     if rule == "collect":
         return rollout_memory_mb(config, tasks * chunk * config["rollouts_per_init"], True)
-    if rule in ("evaluate", "evaluate_base"):
+    if rule in ("evaluate", "evaluate_base", "evaluate_selection", "evaluate_chosen"):
         return rollout_memory_mb(config, 0, False)
     if rule in ("bootstrap", "train"):
         return training_memory_mb(config)

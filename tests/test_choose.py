@@ -4,11 +4,18 @@ import json
 
 import pandas as pd
 import pytest
-from test_tables import write_metrics
+from test_tables import episodes, write_metrics
 
 from ript.choose import choose
 from ript.config import CHECKPOINT_FILES, POLICY_FILE
-from ript.report.tables import read_sweep, rounds_markdown, rounds_table, write_tables
+from ript.report.tables import (
+    paired_counts,
+    paired_newcombe_difference,
+    read_sweep,
+    rounds_markdown,
+    rounds_table,
+    write_tables,
+)
 
 
 def fake_policy(path, cfg_scale=1.0):
@@ -63,7 +70,7 @@ def test_choose_names_what_is_missing(tmp_path):
         choose(table, tmp_path / "chosen")
     assert not (tmp_path / "chosen/policy").exists()
     pd.DataFrame({"policy": ["base"], "best": [False]}).to_csv(tmp_path / "bad.csv")
-    with pytest.raises(ValueError, match=r"bad\.csv: not a sweep table"):
+    with pytest.raises(ValueError, match=r"bad\.csv: not a sweep or selection table"):
         choose(tmp_path / "bad.csv", tmp_path / "chosen")
 
 
@@ -74,6 +81,17 @@ def test_rounds_table_lists_each_rounds_best_point(tmp_path):
     assert table["round"].tolist() == [1, 2]
     assert table["success_rate"].tolist() == [0.6, 0.8]
     assert table["cfg_scale"].tolist() == [2.0, 1.0]
+    # round 1 against the base, round 2 against round 1's point, each on paired episodes
+    base, best_1 = [True] * 4 + [False] * 6, [True] * 6 + [False] * 4
+    best_2 = [True] * 8 + [False] * 2
+    for row, (ours, start) in zip(
+        table.itertuples(), [(best_1, base), (best_2, best_1)], strict=True
+    ):
+        counts = paired_counts(episodes(ours), episodes(start))
+        assert (row.diff_vs_start, row.start_ci95_low, row.start_ci95_high) == pytest.approx(
+            paired_newcombe_difference(*counts)
+        )
     text = rounds_markdown(table, "0.40 [0.17, 0.69]")
     assert "| 2 | bias | 0.1 | 1 | 0.80 [0.49, 0.94] | 10 |" in text
     assert "selection effect" in text
+    assert "selection effect" not in rounds_markdown(table, "0.40", selection="separate")

@@ -17,6 +17,18 @@ def test_embedded_default_config_is_valid():
     assert config["suite"] == "libero_object"
 
 
+ADAPTIVE = {
+    "eval_schedule": "adaptive",
+    "train_init_states": [0, 10],
+    "screen_init_states": [10, 15],
+    "contend_init_states": [15, 25],
+}
+
+
+def test_an_adaptive_schedule_on_disjoint_init_states_is_valid():
+    assert validate(dict(ADAPTIVE))["contend_init_states"] == [15, 25]
+
+
 @pytest.mark.parametrize(
     ("bad", "words"),
     [
@@ -29,6 +41,14 @@ def test_embedded_default_config_is_valid():
         ({"eval_init_states": [40, 60]}, ["eval_init_states"]),
         ({"train_init_states": [5, 5]}, ["train_init_states", "[5, 5]"]),
         ({"n_video": 2, "render_source": "obs"}, ["render_source", "cameras"]),
+        ({"eval_schedule": "adaptive"}, ["'screen_init_states' is not set"]),
+        (ADAPTIVE | {"screen_init_states": [26, 28]}, ["screen_init_states", "eval_init_states"]),
+        (ADAPTIVE | {"contend_init_states": [5, 9]}, ["contend_init_states", "train_init_states"]),
+        (
+            ADAPTIVE | {"contend_init_states": [14, 20]},
+            ["screen_init_states", "contend_init_states"],
+        ),
+        (ADAPTIVE | {"screen_init_states": [15, 12]}, ["screen_init_states", "[15, 12]"]),
     ],
 )
 def test_bad_values_name_the_key(bad, words):
@@ -84,3 +104,5 @@ def test_numbers_from_the_snakemake_command_line_are_coerced():
         "suite": "libero_object",
     }
     assert coerce_numbers({"cfg_scale": ["big"]}) == {"cfg_scale": ["big"]}  # validation names it
+    # a key that may also be null (type [array, "null"])
+    assert coerce_numbers({"screen_init_states": ["4", "6"]}) == {"screen_init_states": [4, 6]}

@@ -54,8 +54,15 @@ def test_every_config_dry_runs(tmp_path, config, target):
     result = snakemake(tmp_path, *args)
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = job_counts(result.stdout)
-    grid = len(settings["cond_mode"]) * len(settings["alpha_uncond"]) * settings.get("rounds", 1)
-    assert jobs["train"] == grid and jobs["evaluate"] == grid * len(settings["cfg_scale"])
+    rounds = settings.get("rounds", 1)
+    grid = len(settings["cond_mode"]) * len(settings["alpha_uncond"]) * rounds
+    evaluations = grid * len(settings["cfg_scale"])
+    assert jobs["train"] == grid
+    if settings.get("eval_schedule") == "adaptive":  # the screens; the rest after `contenders`
+        assert "evaluate" not in jobs and jobs["evaluate_selection"] == evaluations
+        assert jobs["contenders"] == jobs["evaluate_chosen"] == rounds
+    else:
+        assert jobs["evaluate"] == evaluations
     assert ("bootstrap" in jobs) == (not pretrained)
 
 
@@ -129,32 +136,59 @@ def test_train_gpus_run_training_under_torchrun(tmp_path):
         assert f"gpu={gpus}" in result.stdout
 
 
+ADAPTIVE = [
+    "rounds=2", "eval_schedule=adaptive", "screen_init_states=[4,6]",
+    "contend_init_states=[6,8]", "select_rollouts_per_init=1",
+]  # fmt: skip
+
+
 @pytest.mark.sim
-def test_a_second_round_collects_with_the_chosen_policy(micro_run, tmp_path):
+def test_a_second_round_collects_with_the_point_chosen_on_selection_episodes(micro_run, tmp_path):
     work = tmp_path / "work"
     shutil.copytree(micro_run, work, symlinks=True)
-    run = ["--cores", "2", "--configfile", str(work / "micro.yaml"), "--config", "rounds=2"]
+    run = ["--cores", "2", "--configfile", str(work / "micro.yaml"), "--config", *ADAPTIVE]
     plan = snakemake(work, "all", "-n", *run)
-    assert job_counts(plan.stdout) == {  # round 1 is reused as it is
-        "all": 1, "choose": 1, "collect": 4, "label": 1, "train": 1, "evaluate": 2,
-        "tables": 1, "plots": 1, "rounds_table": 1,
+    assert job_counts(plan.stdout) == {  # round 1's training and base evaluation are reused
+        "all": 1, "evaluate_selection": 4, "contenders": 2, "select": 2, "choose": 2,
+        "evaluate_chosen": 2, "tables": 2, "plots": 2, "collect": 4, "label": 1, "train": 1,
+        "rounds_table": 1,
     }  # fmt: skip
     result = snakemake(work, "all", *run)
     assert result.returncode == 0, result.stderr[-3000:]
     res = work / "results/micro"
+
+    def metrics(path):
+        return json.loads((res / path).read_text())
+
+    # every grid point screened on init states 4-5, the contenders also on 6-7
+    for cfg in ("1", "2"):
+        screened = metrics(f"select/screen/bias_a0.1/cfg{cfg}/metrics.json")["settings"]
+        assert (screened["init_states"], screened["rollouts_per_init"]) == ([4, 6], 1)
+    kept = json.loads((res / "select/contenders.json").read_text())["contenders"]
+    selection = pd.read_csv(res / "tables/selection.csv")
+    assert selection["contender"].sum() == len(kept) >= 1
+    for path in kept:
+        contend = json.loads((work / path.replace("/screen/", "/contend/")).read_text())
+        assert contend["settings"]["init_states"] == [6, 8]
+    chosen_row = selection.query("best").iloc[0]
     choice = json.loads((res / "chosen/choice.json").read_text())
-    best = pd.read_csv(res / "tables/sweep.csv").query("best").iloc[0]
-    assert (choice["cfg_scale"], choice["success_rate"]) == (best.cfg_scale, best.success_rate)
+    assert (choice["cfg_scale"], choice["n"]) == (chosen_row.cfg_scale, chosen_row.n)
     chosen, trained = res / "chosen/policy", work / choice["policy"]
     assert (chosen / "model.safetensors").stat().st_ino == (
         trained / "model.safetensors"
     ).stat().st_ino  # a hard link, not a second copy of the weights
-    assert json.loads((chosen / "policy.json").read_text())["cfg_scale"] == best.cfg_scale
-    assert json.loads((trained / "policy.json").read_text())["cfg_scale"] == 1.0
+    assert json.loads((chosen / "policy.json").read_text())["cfg_scale"] == choice["cfg_scale"]
+    # only the chosen point ran the evaluation init states, at its cfg_scale, paired with the base
+    final = metrics("eval/chosen/metrics.json")
+    assert final["settings"]["init_states"] == [25, 27]
+    assert final["settings"]["cfg_scale"] == choice["cfg_scale"]
+    sweep = pd.read_csv(res / "tables/sweep.csv")
+    assert sweep["policy"].tolist() == ["base", "cfg"] and sweep["diff_interval"][1] == "paired"
+    assert sweep["success_rate"][1] == final["overall"]["success_rate"]
     # round 2 collected with the chosen policy at its cfg_scale, under other seeds
     first = read_index(res / "rollouts/task0_init0-1.h5")
     second = read_index(res / "round2/rollouts/task0_init0-1.h5")
-    assert set(second["policy_id"]) == {f"chosen/policy(cfg_scale={best.cfg_scale:g})"}
+    assert set(second["policy_id"]) == {f"chosen/policy(cfg_scale={choice['cfg_scale']:g})"}
     assert not set(first["seed"]) & set(second["seed"])
     train_settings = json.loads(
         (res / "round2/train/bias_a0.1/policy/train_settings.json").read_text()
@@ -162,10 +196,15 @@ def test_a_second_round_collects_with_the_chosen_policy(micro_run, tmp_path):
     assert (work / train_settings["init"]).resolve() == chosen.resolve()
     rounds = pd.read_csv(res / "tables/rounds.csv")
     assert rounds["round"].tolist() == [1, 2]
-    second_best = pd.read_csv(res / "round2/tables/sweep.csv").query("best").iloc[0]
-    assert rounds["success_rate"].tolist() == [best.success_rate, second_best.success_rate]
+    second_final = metrics("round2/eval/chosen/metrics.json")["overall"]
+    assert rounds["success_rate"].tolist() == [
+        final["overall"]["success_rate"],
+        second_final["success_rate"],
+    ]
+    assert rounds["diff_vs_start"].notna().all()  # every round pairs with the one before
     assert (res / "round2/plots/success_vs_cfg.png").stat().st_size > 10_000
-    assert "| 2 | bias |" in (res / "tables/rounds.md").read_text()
+    text = (res / "tables/rounds.md").read_text()
+    assert "| 2 | bias |" in text and "chosen on selection episodes" in text
 
 
 def job_resources(dry_run_output: str) -> dict[str, set[str]]:

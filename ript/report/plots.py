@@ -25,16 +25,18 @@ def _save(fig: plt.Figure, out: str | Path) -> None:
 
 
 def success_vs_cfg(table: pd.DataFrame, out: str | Path) -> None:
-    """A panel per alpha_uncond, a line per cond_mode with its 95% band; base for reference."""
+    """A panel per alpha_uncond, a line per cond_mode with its 95% band; the base for
+    reference where the table has it (a sweep table; a selection table has none)."""
     grid = table[table["policy"] == "cfg"]
-    base = table[table["policy"] == "base"].iloc[0]
+    bases = table[table["policy"] == "base"]
     alphas = sorted(grid["alpha_uncond"].unique())
     fig, axes = plt.subplots(
         1, len(alphas), figsize=(4.2 * len(alphas), 3.6), sharey=True, squeeze=False
     )
     for ax, alpha in zip(axes[0], alphas, strict=True):
-        ax.axhspan(base["ci95_low"], base["ci95_high"], color="0.85", label="_base band")
-        ax.axhline(base["success_rate"], color="0.3", ls="--", label="base policy")
+        for base in bases.head(1).itertuples():
+            ax.axhspan(base.ci95_low, base.ci95_high, color="0.85", label="_base band")
+            ax.axhline(base.success_rate, color="0.3", ls="--", label="base policy")
         for cond_mode, rows in grid[grid["alpha_uncond"] == alpha].groupby("cond_mode"):
             rows = rows.sort_values("cfg_scale")
             (line,) = ax.plot(rows["cfg_scale"], rows["success_rate"], "o-", label=cond_mode)
@@ -49,7 +51,8 @@ def success_vs_cfg(table: pd.DataFrame, out: str | Path) -> None:
         ax.set_xlabel("cfg_scale")
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("success rate (95% Wilson CI)")
+    episodes = "selection episodes" if bases.empty else "evaluation episodes"
+    axes[0][0].set_ylabel(f"success on {episodes} (95% Wilson CI)")
     axes[0][-1].legend(loc="best", fontsize=8)
     _save(fig, out)
 

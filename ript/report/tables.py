@@ -258,13 +258,22 @@ ROUND_COLUMNS = [
 ]  # fmt: skip
 
 
-def read_sweep(path: str | Path) -> pd.DataFrame:
-    """A sweep.csv written by `write_tables` (empty cells of the base row stay NaN)."""
-    table = pd.read_csv(path, keep_default_na=False, na_values=[""])
-    missing = {"policy", "best", "cfg_scale", "metrics", *ROUND_COLUMNS} - set(table.columns)
+def read_table(path: str | Path, required: set[str], what: str) -> pd.DataFrame:
+    """A table csv of ript's (empty cells stay NaN) that has the `required` columns."""
+    try:
+        table = pd.read_csv(path, keep_default_na=False, na_values=[""])
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        raise ValueError(f"{path}: not {what} ({e})") from e
+    missing = required - set(table.columns)
     if missing:
-        raise ValueError(f"{path}: not a sweep table of `ript tables` (no {sorted(missing)})")
+        raise ValueError(f"{path}: not {what} (no {sorted(missing)})")
     return table
+
+
+def read_sweep(path: str | Path) -> pd.DataFrame:
+    """A sweep.csv written by `write_tables`."""
+    required = {"policy", "best", "cfg_scale", "metrics", *ROUND_COLUMNS}
+    return read_table(path, required, "a sweep table of `ript tables`")
 
 
 def best_row(table: pd.DataFrame, path: str | Path) -> dict[str, Any]:
@@ -275,19 +284,60 @@ def best_row(table: pd.DataFrame, path: str | Path) -> dict[str, Any]:
     return best.iloc[0].to_dict()
 
 
+def _paired_difference(path_1: str, path_2: str) -> tuple[float, float, float]:
+    """The paired difference (and 95% interval) of two evaluations; NaN unless they pair."""
+    counts = paired_counts(
+        load_metrics(path_1).get("episodes", []), load_metrics(path_2).get("episodes", [])
+    )
+    return (math.nan,) * 3 if counts is None else paired_newcombe_difference(*counts)
+
+
 def rounds_table(sweeps: list[pd.DataFrame], paths: list[str | Path]) -> pd.DataFrame:
-    """The best grid point of each round's sweep table, in round order (round 1 first)."""
+    """The best grid point of each round's sweep table, in round order (round 1 first), with
+    its paired difference to the policy the round started from (the base, then the previous
+    round's best)."""
     rows = []
+    start = sweeps[0].iloc[0]["metrics"] if sweeps else None
     for number, (table, path) in enumerate(zip(sweeps, paths, strict=True), start=1):
         best = best_row(table, path)
-        rows.append({"round": number, **{c: best[c] for c in ROUND_COLUMNS}, "sweep": str(path)})
+        diff = _paired_difference(best["metrics"], start)
+        rows.append(
+            {
+                "round": number,
+                **{c: best[c] for c in ROUND_COLUMNS},
+                "diff_vs_start": diff[0],
+                "start_ci95_low": diff[1],
+                "start_ci95_high": diff[2],
+                "sweep": str(path),
+            }
+        )
+        start = best["metrics"]
     return pd.DataFrame(rows)
 
 
-def rounds_markdown(table: pd.DataFrame, base_success: str) -> str:
-    header = ["round", "best cond_mode", "alpha_uncond", "cfg_scale", "success (95% CI)", "n"]
-    lines = ["| " + " | ".join([*header, "vs base (95% CI)"]) + " |", "|" + "---|" * 7]
+SELECTION_NOTES = {
+    "eval": "Round r + 1 collects with round r's best point, chosen on these evaluation init "
+    "states, so the rows carry a selection effect",
+    "separate": "Each round's point was chosen on selection episodes (eval_schedule: adaptive, "
+    "tables/selection.md of the round) and its row here is its run on the evaluation init "
+    "states, which took no part in the choice; round r + 1 collects with it",
+}
+
+
+def rounds_markdown(table: pd.DataFrame, base_success: str, selection: str = "eval") -> str:
+    header = [
+        "round", "best cond_mode", "alpha_uncond", "cfg_scale", "success (95% CI)", "n",
+        "vs base (95% CI)", "vs round start (95% CI)",
+    ]  # fmt: skip
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in table.to_dict("records"):
+        start = (
+            "unpaired"
+            if pd.isna(r["diff_vs_start"])
+            else f"{r['diff_vs_start']:+.2f} [{r['start_ci95_low']:+.2f}, "
+            f"{r['start_ci95_high']:+.2f}]"
+            + (" *" if r["start_ci95_low"] > 0 or r["start_ci95_high"] < 0 else "")
+        )
         cells = [
             str(r["round"]),
             r["cond_mode"],
@@ -296,20 +346,24 @@ def rounds_markdown(table: pd.DataFrame, base_success: str) -> str:
             success_cell(r),
             str(r["n"]),
             diff_cell(r),
+            start,
         ]
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
-        f"The best grid point of each round; base policy: {base_success}. Round r + 1 collects "
-        "with round r's best point, chosen on these evaluation init states, so later rounds "
-        "carry a selection effect; * where the interval to the base excludes 0.",
+        f"The best grid point of each round; base policy: {base_success}. "
+        f"{SELECTION_NOTES[selection]}. Round start: the base for round 1, the previous "
+        "round's point after; paired intervals (Newcombe), * where one excludes 0.",
     ]
     return "\n".join(lines) + "\n"
 
 
-def write_rounds_table(sweeps: list[str], csv_out: str | Path, md_out: str | Path) -> pd.DataFrame:
+def write_rounds_table(
+    sweeps: list[str], csv_out: str | Path, md_out: str | Path, selection: str = "eval"
+) -> pd.DataFrame:
     tables = [read_sweep(path) for path in sweeps]
     table = rounds_table(tables, sweeps)
     base = success_cell(tables[0].iloc[0].to_dict())
-    write_texts({csv_out: table.to_csv(index=False), md_out: rounds_markdown(table, base)})
+    md = rounds_markdown(table, base, selection)
+    write_texts({csv_out: table.to_csv(index=False), md_out: md})
     return table

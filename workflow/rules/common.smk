@@ -137,6 +137,44 @@ def grid_metrics(wildcards):
     )
 
 
+# eval_schedule adaptive: the grid is screened and selected on separate init states
+# (rules/select.smk); only the chosen point runs the evaluation init states.
+ADAPTIVE = config["eval_schedule"] == "adaptive"
+
+
+def screen_metrics(wildcards):
+    return expand(
+        f"{RESULTS}/{wildcards.round}select/screen/{{cond_mode}}_a{{alpha}}/cfg{{cfg}}/metrics.json",
+        cond_mode=COND_MODES,
+        alpha=ALPHAS,
+        cfg=CFG_SCALES,
+    )
+
+
+def contend_metrics(wildcards):
+    """The contend evaluations of the points `ript contenders` kept (known once it ran)."""
+    from ript.select import read_contenders
+
+    kept = read_contenders(checkpoints.contenders.get(round=wildcards.round).output[0])
+    screen = f"{RESULTS}/{wildcards.round}select/screen/"
+    contend = f"{RESULTS}/{wildcards.round}select/contend/"
+    return [path.replace(screen, contend, 1) for path in kept]
+
+
+def evaluated_points(wildcards):
+    """What the round's sweep table compares with the base: every grid point (full), or the
+    chosen one on the evaluation init states (adaptive)."""
+    if ADAPTIVE:
+        return [f"{RESULTS}/{wildcards.round}eval/chosen/metrics.json"]
+    return grid_metrics(wildcards)
+
+
+def choice_table(wildcards):
+    """The table whose best row the next round starts from."""
+    name = "selection" if ADAPTIVE else "sweep"
+    return f"{RESULTS}/{wildcards.round}tables/{name}.csv"
+
+
 def train_metrics(wildcards):
     return expand(
         f"{RESULTS}/{wildcards.round}train/{{cond_mode}}_a{{alpha}}/metrics.csv",

@@ -3,7 +3,7 @@
 
 rule tables:
     input:
-        grid=grid_metrics,
+        grid=evaluated_points,
         base=f"{RESULTS}/eval/base/metrics.json",
     output:
         csv=report(
@@ -25,7 +25,7 @@ rule tables:
 
 rule plots:
     input:
-        table=f"{RESULTS}/{{round}}tables/sweep.csv",
+        table=choice_table,
         train=train_metrics,
     output:
         success=report(

@@ -3,7 +3,7 @@
 
 rule choose:
     input:
-        table=f"{RESULTS}/{{round}}tables/sweep.csv",
+        table=choice_table,
     output:
         policy=directory(f"{RESULTS}/{{round}}chosen/policy"),
         choice=f"{RESULTS}/{{round}}chosen/choice.json",
@@ -27,6 +27,8 @@ rule rounds_table:
             f"{RESULTS}/tables/rounds.csv", caption="../report/rounds.rst", category="Tables"
         ),
         md=f"{RESULTS}/tables/rounds.md",
+    params:
+        selection="separate" if ADAPTIVE else "eval",
     log:
         f"{RESULTS}/logs/rounds_table.log",
     benchmark:
@@ -34,4 +36,5 @@ rule rounds_table:
     conda:
         ENV
     shell:
-        "ript rounds --sweeps {input} --csv {output.csv} --md {output.md} > {log} 2>&1"
+        "ript rounds --sweeps {input} --csv {output.csv} --md {output.md} "
+        "--selection {params.selection} > {log} 2>&1"
