@@ -2,6 +2,7 @@
 
 import json
 import re
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -11,6 +12,8 @@ import pytest
 import yaml
 from micro import ROOT, job_counts, snakemake
 
+from ript.cli import _parse_settings
+from ript.config import ConfigError, validate
 from ript.data.episode_store import read_index
 from ript.rl.label import read_labels
 
@@ -64,6 +67,41 @@ def test_every_config_dry_runs(tmp_path, config, target):
     else:
         assert jobs["evaluate"] == evaluations
     assert ("bootstrap" in jobs) == (not pretrained)
+
+
+def job_settings(dry_run_output: str) -> list[tuple[str, dict]]:
+    """(command, its `--set` settings) of every `ript` job a `snakemake -n -p` run prints."""
+    jobs = []
+    for line in dry_run_output.splitlines():
+        command = line.strip().removeprefix("Shell command:").strip()
+        words = shlex.split(command) if command.startswith(("ript ", "torchrun ")) else []
+        pairs = [words[i + 1] for i, word in enumerate(words[:-1]) if word == "--set"]
+        if words:
+            jobs.append((command[:80], _parse_settings(pairs)))
+    return jobs
+
+
+@pytest.mark.parametrize("config", sorted((ROOT / "config").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_job_gets_settings_that_validate_on_their_own(tmp_path, config):
+    """A job sees only the keys its rule passes (schema defaults for the rest): they must
+    pass the same checks the whole config passed, e.g. camera_keys with cameras."""
+    (tmp_path / "pi0").mkdir()
+    for name in ("config.json", "model.safetensors", "norm_stats.json", "tokenizer.json"):
+        (tmp_path / "pi0" / name).write_text("{}")
+    result = snakemake(
+        tmp_path, "all", "-n", "-p", "--configfile", str(config),
+        *(["--config", f"pretrained_path={tmp_path / 'pi0'}"]
+          if "pretrained_path" in config.read_text() else []),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = job_settings(result.stdout)
+    assert len(jobs) > 5
+    for command, settings in jobs:
+        try:
+            validate(settings, source=command)
+        except ConfigError as error:
+            if "pretrained_path" not in str(error):  # a fake checkpoint, not a settings gap
+                raise
 
 
 @pytest.mark.sim

@@ -62,10 +62,12 @@ ENV_KEYS = [
     "eval_init_states", "env_create_retries", "worker_timeout_s", "rollout_engine",
     "max_wait_ms", "seed",
 ]
-# Keys that decide a fresh model and how it reads observations.
+# Keys that decide a fresh model and how it reads observations (with the observation keys
+# that camera_keys and state_keys are checked against).
 MODEL_KEYS = [
-    "preset", "state_keys", "camera_keys", "chunk_size", "max_state_dim", "max_action_dim",
-    "normalization", "num_inference_steps", "label_scheme", "seed", "tokenizer_path",
+    "preset", "state_keys", "camera_keys", "cameras", "privileged_object_state", "chunk_size",
+    "max_state_dim", "max_action_dim", "normalization", "num_inference_steps", "label_scheme",
+    "seed", "tokenizer_path",
 ]
 # Keys of the optimisation, shared by the SFT bootstrap and CFG training.
 OPTIM_KEYS = [
