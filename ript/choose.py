@@ -29,10 +29,18 @@ CHOICE_COLUMNS = [
 ]  # fmt: skip
 
 
+# Snakemake's marker in a directory output: it touches the marker when the job ends, so a
+# linked marker would make the trained policy look newer than everything evaluated from it
+# (and the next run would redo those evaluations).
+NOT_LINKED = {".snakemake_timestamp"}
+
+
 def link_tree(source: Path, target: Path) -> None:
     """`target` as hard links to the files of `source` (copies across file systems)."""
     target.mkdir(parents=True)
     for item in source.iterdir():
+        if item.name in NOT_LINKED:
+            continue
         if item.is_dir():
             link_tree(item, target / item.name)
             continue

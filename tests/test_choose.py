@@ -44,6 +44,7 @@ def sweep(tmp_path, successes_by_cfg, name="sweep.csv"):
 
 def test_choose_links_the_best_policy_with_its_cfg_scale(tmp_path):
     table, policy = sweep(tmp_path, {1.0: [True] * 5 + [False] * 5, 2.0: [True] * 7 + [False] * 3})
+    (policy / ".snakemake_timestamp").write_text("")  # Snakemake's marker of a directory output
     choice = choose(table, tmp_path / "chosen")
     assert (choice["cfg_scale"], choice["success_rate"], choice["policy"]) == (
         2.0,
@@ -53,6 +54,8 @@ def test_choose_links_the_best_policy_with_its_cfg_scale(tmp_path):
     chosen = tmp_path / "chosen/policy"
     for name in CHECKPOINT_FILES:
         assert (chosen / name).stat().st_ino == (policy / name).stat().st_ino
+    # not linked: Snakemake touching the chosen policy's marker would date the trained one
+    assert not (chosen / ".snakemake_timestamp").exists()
     assert json.loads((chosen / POLICY_FILE).read_text()) == {"num_steps": 10, "cfg_scale": 2.0}
     assert json.loads((policy / POLICY_FILE).read_text())["cfg_scale"] == 1.0  # untouched
     assert json.loads((tmp_path / "chosen/choice.json").read_text()) == choice

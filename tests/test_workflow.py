@@ -243,6 +243,8 @@ def test_a_second_round_collects_with_the_point_chosen_on_selection_episodes(mic
     assert (res / "round2/plots/success_vs_cfg.png").stat().st_size > 10_000
     text = (res / "tables/rounds.md").read_text()
     assert "| 2 | bias |" in text and "chosen on selection episodes" in text
+    again = snakemake(work, "all", "-n", *run)  # choosing touched nothing upstream
+    assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
 
 
 def job_resources(dry_run_output: str) -> dict[str, set[str]]:
