@@ -10,10 +10,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from micro import ROOT, job_counts, snakemake
+from micro import MICRO, ROOT, job_counts, snakemake
 
 from ript.cli import _parse_settings
-from ript.config import ConfigError, validate
+from ript.config import ConfigError, load_schema, validate
 from ript.data.episode_store import read_index
 from ript.rl.label import read_labels
 
@@ -102,6 +102,39 @@ def test_every_job_gets_settings_that_validate_on_their_own(tmp_path, config):
         except ConfigError as error:
             if "pretrained_path" not in str(error):  # a fake checkpoint, not a settings gap
                 raise
+
+
+@pytest.mark.parametrize("name", ["micro", "pi0_libero.yaml"])
+def test_a_configfile_replaces_the_embedded_default(tmp_path, name):
+    """Keys the experiment config leaves out take the schema's defaults, not config.yaml's."""
+    if name == "micro":
+        config = tmp_path / "micro.yaml"
+        config.write_text(yaml.safe_dump(MICRO))
+    else:
+        config = ROOT / "config" / name
+    ours = yaml.safe_load(config.read_text())
+    defaults = {key: spec.get("default") for key, spec in load_schema()["properties"].items()}
+    embedded = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+    only_embedded = {k for k, v in embedded.items() if k not in ours and v != defaults[k]}
+    assert only_embedded, "nothing to tell the two apart"
+    # the Snakefile's `configfile:` is read relative to the working directory, as in a checkout
+    (tmp_path / "config").mkdir()
+    shutil.copy(ROOT / "config/config.yaml", tmp_path / "config/config.yaml")
+    (tmp_path / "pi0").mkdir()
+    for file in ("config.json", "model.safetensors", "norm_stats.json", "tokenizer.json"):
+        (tmp_path / "pi0" / file).write_text("{}")
+    result = snakemake(
+        tmp_path, "all", "-n", "-p", "--configfile", str(config),
+        "--config", f"pretrained_path={tmp_path / 'pi0'}" if "pretrained_path" in ours
+        else "seed=0",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    seen = set()
+    for command, settings in job_settings(result.stdout):
+        for key in only_embedded & settings.keys():
+            assert settings[key] == defaults[key], (command, key, settings[key])
+            seen.add(key)
+    assert seen, f"no job carries any of {sorted(only_embedded)}"
 
 
 @pytest.mark.sim

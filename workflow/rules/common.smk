@@ -13,10 +13,17 @@ from ript.config import (
 )
 from ript.resources import job_memory_mb
 
+# An experiment config given with --configfile is the whole story: it replaces the embedded
+# default (Snakemake would merge it into the default, so every key it leaves out would keep the
+# default's value instead of the schema's); --config overrides still apply on top.
+CONFIG_FILES = workflow.config_settings.configfiles or workflow.configfiles
+if workflow.config_settings.configfiles:
+    config.clear()
+    config.update(workflow.config_settings.overwrite_config)
 try:
-    for configfile in workflow.configfiles:  # Snakemake's reader allows empty files, repeated keys
+    for configfile in CONFIG_FILES:  # Snakemake's reader allows empty files, repeated keys
         read_config_file(configfile)
-    source = f"config ({', '.join(map(str, workflow.configfiles))} with --config overrides)"
+    source = f"config ({', '.join(map(str, CONFIG_FILES))} with --config overrides)"
     config.update(validate(coerce_numbers(apply_env_overrides(config)), source=source))
 except ConfigError as error:
     raise WorkflowError(f"invalid config: {error}") from None
