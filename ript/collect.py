@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ript.config import sampling_switches
 from ript.data.episode_store import write_shard
 from ript.envs.expert import ScriptedExpert
 from ript.envs.pool import (
@@ -119,6 +120,7 @@ def load_rollout_policy(
         cfg_scale=cfg_scale,
         compile=config["compile"],
         tokenizer_path=config["tokenizer_path"],
+        switches=sampling_switches(),
     )
 
 

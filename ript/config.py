@@ -6,11 +6,15 @@ override the matching keys, and say so in the log.
 
 from __future__ import annotations
 
+import atexit
 import difflib
 import itertools
 import json
 import logging
 import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -309,6 +313,53 @@ def apply_env_overrides(config: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
+@dataclass(frozen=True)
+class SamplingSwitches:
+    """The notes' switches of how a policy samples (`PI0_CFG_SCALE`, `PI0_ENABLE_DUAL`,
+    `PI0_VERBOSE`): read once, by `sampling_switches`, where a step builds its policy, and
+    recorded in its metrics.json; the workflow refuses the two that would contradict its
+    `cfg<scale>/` paths."""
+
+    cfg_scale: float | None = None
+    enable_dual: bool = True
+    verbose: bool = False
+    set_variables: tuple[tuple[str, str], ...] = ()
+
+    def apply(self, cfg_scale: float) -> float:
+        """The scale a policy asked to sample at `cfg_scale` uses under these switches."""
+        scale = cfg_scale if self.cfg_scale is None else self.cfg_scale
+        return scale if self.enable_dual else 1.0
+
+
+def sampling_switches(environ: Mapping[str, str] = os.environ) -> SamplingSwitches:
+    set_variables = tuple(
+        (var, environ[var]) for var in ("PI0_CFG_SCALE", "PI0_ENABLE_DUAL", "PI0_VERBOSE")
+        if var in environ
+    )  # fmt: skip
+    cfg_scale = environ.get("PI0_CFG_SCALE")
+    try:
+        scale = None if cfg_scale is None else float(cfg_scale)
+    except ValueError:
+        raise ConfigError(f"PI0_CFG_SCALE={cfg_scale!r}: expected a number, e.g. 1.5") from None
+    return SamplingSwitches(
+        cfg_scale=scale,
+        enable_dual=environ.get("PI0_ENABLE_DUAL", "1").strip() not in ("0", "false", "False"),
+        verbose=environ.get("PI0_VERBOSE", "0").strip() == "1",
+        set_variables=set_variables,
+    )
+
+
+def check_workflow_switches(environ: Mapping[str, str] = os.environ) -> None:
+    """Inside the workflow every evaluation's scale is its `cfg<scale>/` path: a switch that
+    would change it would fill the sweep table with copies of one scale."""
+    for var, value in sampling_switches(environ).set_variables:
+        if var in ("PI0_CFG_SCALE", "PI0_ENABLE_DUAL"):
+            raise ConfigError(
+                f"{var}={value} would make every cfg<scale>/ evaluation of the grid sample at "
+                "one scale; unset it (the grid's scales are the config key 'cfg_scale')"
+            )
+
+
 class _StrictLoader(yaml.SafeLoader):
     """`yaml.SafeLoader` that refuses a key given twice in one mapping (plain YAML keeps
     the last one silently)."""
@@ -354,9 +405,42 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return raw
 
 
+# Set by the test that every key a step reads reaches it from its Snakemake rule: each step
+# appends the keys it read and the keys it was given (a JSON line) to this file.
+RECORD_KEYS_ENV = "RIPT_RECORD_CONFIG_KEYS"
+
+
+class RecordingConfig(dict):
+    """A validated config that remembers which keys the step read."""
+
+    def __init__(self, config: dict[str, Any], given: set[str]) -> None:
+        super().__init__(config)
+        self.given = given
+        self.read: set[str] = set()
+
+    def __getitem__(self, key: str) -> Any:
+        self.read.add(key)
+        return super().__getitem__(key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.read.add(key)
+        return super().get(key, default)
+
+    def write_record(self, path: str) -> None:
+        record = {"argv": sys.argv, "read": sorted(self.read), "given": sorted(self.given)}
+        with open(path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Read a YAML config (or only defaults when path is None), apply overrides, validate."""
     raw = read_config_file(path) if path is not None else {}
     source = str(path) if path is not None else "config"
     raw = apply_env_overrides({**raw, **(overrides or {})})
-    return validate(raw, source)
+    config = validate(raw, source)
+    record = os.environ.get(RECORD_KEYS_ENV)
+    if not record:
+        return config
+    recording = RecordingConfig(config, given=set(raw))
+    atexit.register(recording.write_record, record)
+    return recording

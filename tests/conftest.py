@@ -97,7 +97,11 @@ def micro_run(tmp_path_factory) -> Path:
     that change it work on a copy (`shutil.copytree(micro_run, ..., symlinks=True)`)."""
     from micro import run_micro
 
+    from ript.config import RECORD_KEYS_ENV
+
     workdir = tmp_path_factory.mktemp("micro_run")
-    result = run_micro(workdir)
+    # every step records the config keys it read and those its rule passed
+    record = {**os.environ, RECORD_KEYS_ENV: str(workdir / "config_keys.jsonl")}
+    result = run_micro(workdir, env=record)
     assert result.returncode == 0, result.stderr[-3000:]
     return workdir

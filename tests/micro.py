@@ -11,13 +11,14 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def snakemake(workdir, *args):
+def snakemake(workdir, *args, env=None):
     return subprocess.run(
         ["snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(workdir), *args],
         capture_output=True,
         text=True,
         timeout=900,
         stdin=subprocess.DEVNULL,
+        env=env,
     )
 
 
@@ -69,8 +70,10 @@ def job_counts(dry_run_output: str) -> dict[str, int]:
     return counts
 
 
-def run_micro(workdir: Path, *args: str, **overrides) -> subprocess.CompletedProcess:
+def run_micro(
+    workdir: Path, *args: str, env: dict[str, str] | None = None, **overrides
+) -> subprocess.CompletedProcess:
     """`snakemake all` of the micro config (plus `overrides`) in `workdir`, on 2 cores."""
     micro = workdir / "micro.yaml"
     micro.write_text(yaml.safe_dump(MICRO | overrides))
-    return snakemake(workdir, "all", "--cores", "2", "--configfile", str(micro), *args)
+    return snakemake(workdir, "all", "--cores", "2", "--configfile", str(micro), *args, env=env)

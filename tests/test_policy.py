@@ -9,6 +9,7 @@ import pytest
 import torch
 from transformers import PI0ForConditionalGeneration
 
+from ript.config import ConfigError, check_workflow_switches, sampling_switches
 from ript.data.norm_stats import NormStats, NormStatsError, Stats
 from ript.envs.pool import EpisodeSpec, PolicyRequest
 from ript.models.policy import (
@@ -177,21 +178,31 @@ def unnormalized(policy, raw):
     return policy.norm_stats.actions.unnormalize(raw[..., :7].detach().numpy(), "zscore")
 
 
-def test_env_switches(lowdim_policy, monkeypatch, caplog):
+def test_env_switches_are_read_by_the_step_not_inside_the_policy(lowdim_policy, monkeypatch):
     noise = torch.randn(2, 6, 8)
     single = lowdim_policy.sample_actions(lowdim_obs(), [PROMPT] * 2, 1.0, noise)
     guided = lowdim_policy.sample_actions(lowdim_obs(), [PROMPT] * 2, 3.0, noise)
     assert not np.allclose(single, guided)
-    monkeypatch.setenv("PI0_ENABLE_DUAL", "0")
+    monkeypatch.setenv("PI0_CFG_SCALE", "3.0")  # a loaded policy no longer looks
     np.testing.assert_array_equal(
-        lowdim_policy.sample_actions(lowdim_obs(), [PROMPT] * 2, 3.0, noise), single
+        lowdim_policy.sample_actions(lowdim_obs(), [PROMPT] * 2, 1.0, noise), single
     )
-    monkeypatch.delenv("PI0_ENABLE_DUAL")
-    monkeypatch.setenv("PI0_CFG_SCALE", "3.0")
-    monkeypatch.setenv("PI0_VERBOSE", "1")
+    assert sampling_switches({"PI0_CFG_SCALE": "3.0"}).apply(1.0) == 3.0
+    assert sampling_switches({"PI0_ENABLE_DUAL": "0"}).apply(3.0) == 1.0
+    switches = sampling_switches({"PI0_VERBOSE": "1", "OTHER": "x"})
+    assert switches.verbose and switches.apply(1.5) == 1.5
+    assert switches.set_variables == (("PI0_VERBOSE", "1"),)
+    with pytest.raises(ConfigError, match="PI0_CFG_SCALE='big': expected a number"):
+        sampling_switches({"PI0_CFG_SCALE": "big"})
+    with pytest.raises(ConfigError, match="PI0_ENABLE_DUAL=0 would make every cfg<scale>/"):
+        check_workflow_switches({"PI0_ENABLE_DUAL": "0"})
+    check_workflow_switches({"PI0_VERBOSE": "1"})  # logging changes no result
+
+
+def test_a_verbose_policy_logs_every_call(lowdim_policy, caplog, monkeypatch):
+    monkeypatch.setattr(lowdim_policy, "verbose", True)
     with caplog.at_level(logging.INFO, logger="ript.models.policy"):
-        overridden = lowdim_policy.sample_actions(lowdim_obs(), [PROMPT] * 2, 1.0, noise)
-    np.testing.assert_array_equal(overridden, guided)
+        lowdim_policy.sample_actions(lowdim_obs(), [PROMPT] * 2, 3.0, torch.randn(2, 6, 8))
     assert "sample_actions" in caplog.text and "(2, 6, 7)" in caplog.text and "dual" in caplog.text
 
 

@@ -3,6 +3,7 @@ norm stats -> SFT base -> K rollouts of the base -> labels -> CFG training -> ev
 two guidance scales."""
 
 import json
+import os
 
 import pandas as pd
 import pytest
@@ -114,6 +115,16 @@ def test_demos_to_evaluation(tmp_path):
         assert s["init_states"] == [25, 27]
         assert m["inference"]["mean_ms_per_chunk"] > 0
         assert f"evaluate: {path}: success" in out
+        assert s["env_switches"] == {}
+    # the notes' switch, read where the step builds its policy and recorded
+    path = tmp_path / "eval_switched.json"
+    switched = run_ript(
+        "evaluate", *c, *short, "--policy", str(tmp_path / "cfg/policy"), "--cfg-scale", "1",
+        "--out", str(path), env={**os.environ, "PI0_CFG_SCALE": "2"},
+    )  # fmt: skip
+    assert switched.returncode == 0, switched.stderr[-3000:]
+    s = json.loads(path.read_text())["settings"]
+    assert s["cfg_scale"] == 2.0 and s["env_switches"] == {"PI0_CFG_SCALE": "2"}
 
 
 def test_evaluate_the_scripted_expert(tmp_path):

@@ -1,6 +1,7 @@
 """The Snakemake workflow, run for real on a micro config."""
 
 import json
+import os
 import re
 import shlex
 import shutil
@@ -36,6 +37,16 @@ def test_bad_config_fails_at_parse_time_naming_the_key(tmp_path):
     assert result.returncode != 0
     output = result.stdout + result.stderr
     assert "invalid config" in output and "key 'num_steps_wait': -3" in output
+
+
+@pytest.mark.parametrize("switch", ["PI0_CFG_SCALE=2", "PI0_ENABLE_DUAL=0"])
+def test_a_switch_that_would_contradict_the_grid_paths_stops_the_run(tmp_path, switch):
+    var, value = switch.split("=")
+    config = ["--configfile", str(ROOT / "config/config.yaml")]
+    result = snakemake(tmp_path, "all", "-n", *config, env={**os.environ, var: value})
+    assert result.returncode != 0
+    errors = [line for line in (result.stdout + result.stderr).splitlines() if switch in line]
+    assert len(errors) == 1 and "cfg<scale>/" in errors[0], result.stderr[-2000:]
 
 
 @pytest.mark.parametrize("config", sorted((ROOT / "config").glob("*.yaml")), ids=lambda p: p.name)
@@ -185,6 +196,23 @@ def test_micro_config_end_to_end(micro_run):
         "tables": 1,
         "train": 1,
     }
+
+
+@pytest.mark.sim
+def test_every_key_a_step_reads_reaches_it_from_its_rule(micro_run):
+    """A key the step reads but its rule does not pass would silently take the schema's
+    default inside the job, whatever the experiment config says."""
+    records = [
+        json.loads(line) for line in (micro_run / "config_keys.jsonl").read_text().splitlines()
+    ]
+    steps = {Path(r["argv"][0]).name + " " + r["argv"][1] for r in records}
+    assert {"ript collect", "ript train", "ript label", "ript evaluate"} <= steps, steps
+    gaps = {
+        " ".join(r["argv"][1:4]): sorted(set(r["read"]) - set(r["given"]))
+        for r in records
+        if set(r["read"]) - set(r["given"])
+    }
+    assert not gaps
 
 
 def test_train_gpus_run_training_under_torchrun(tmp_path):

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ript.collect import load_rollout_policy, parse_init_states, run_rollouts
+from ript.config import sampling_switches
 from ript.data.episode_store import write_shard
 from ript.envs.pool import Episode
 from ript.evaluation.metrics import success_summary
@@ -51,12 +52,13 @@ def episode_metrics(episodes: list[Episode]) -> dict[str, Any]:
     }
 
 
-def policy_settings(policy: Any, policy_dir: str, cfg_scale: float | None) -> dict[str, Any]:
-    """The sampling settings, and the training run's (mode, cond_mode, alpha_uncond)."""
+def policy_settings(policy: Any, policy_dir: str) -> dict[str, Any]:
+    """The sampling settings (the scale the policy was loaded to sample at, PI0_* switches
+    included), and the training run's (mode, cond_mode, alpha_uncond)."""
     model = getattr(policy, "model", None)
     if model is None:
         return {"policy_kind": "expert", "cfg_scale": None, "dual": False}
-    scale = policy.effective_cfg_scale(cfg_scale)
+    scale = policy.cfg_scale
     trained = Path(policy_dir) / SETTINGS_FILE
     training = json.loads(trained.read_text()) if trained.is_file() else None
     return {
@@ -118,7 +120,8 @@ def _evaluate(
         "settings": {
             "policy": str(policy_name),
             "policy_id": policy.policy_id,
-            **policy_settings(policy, policy_name, cfg_scale),
+            **policy_settings(policy, policy_name),
+            "env_switches": dict(sampling_switches().set_variables),
             "seed": config["seed"],
             "suite": config["suite"],
             "tasks": config["tasks"],

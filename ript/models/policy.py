@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PI0Config, PreTrainedTokenizerBase
 
-from ript.config import POLICY_FILE, missing_files
+from ript.config import POLICY_FILE, SamplingSwitches, missing_files
 from ript.data.norm_stats import MODES, NormStats
 from ript.files import write_text_atomic
 from ript.models.cfg_pi0 import CFGPI0Config, CFGPI0ForConditionalGeneration
@@ -84,9 +83,11 @@ class Policy:
         policy_id: str = "policy",
         cuda_graphs: bool = True,
         compile: bool = False,
+        verbose: bool = False,
     ) -> None:
         """`cuda_graphs`: on CUDA, replay each sampling call from a captured CUDA graph;
-        `compile`: compile the model's stacks before the first capture (slow start)."""
+        `compile`: compile the model's stacks before the first capture (slow start);
+        `verbose`: log every sampling call (PI0_VERBOSE=1)."""
         self.model = model
         self.sampler = GraphedSampler(model, compile=compile) if cuda_graphs else None
         self.tokenizer = tokenizer
@@ -94,6 +95,7 @@ class Policy:
         self.settings = settings
         self.cfg_scale = settings.cfg_scale if cfg_scale is None else cfg_scale
         self.policy_id = policy_id
+        self.verbose = verbose
         # what `sample_actions` has cost so far (observations in, actions out)
         self.inference_calls = 0
         self.inference_chunks = 0
@@ -198,15 +200,6 @@ class Policy:
 
     # --- sampling ------------------------------------------------------------------------
 
-    def effective_cfg_scale(self, cfg_scale: float | None) -> float:
-        """PI0_CFG_SCALE overrides the scale; PI0_ENABLE_DUAL=0 forces the single branch."""
-        scale = self.cfg_scale if cfg_scale is None else cfg_scale
-        if "PI0_CFG_SCALE" in os.environ:
-            scale = float(os.environ["PI0_CFG_SCALE"])
-        if os.environ.get("PI0_ENABLE_DUAL", "1").strip() in ("0", "false", "False"):
-            scale = 1.0
-        return scale
-
     def sample_actions(
         self,
         obs: dict[str, Any],
@@ -216,7 +209,7 @@ class Policy:
     ) -> np.ndarray:
         """Action chunks (B, chunk_size, action_dim), unnormalised, ready for the env."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        scale = self.effective_cfg_scale(cfg_scale)
+        scale = self.cfg_scale if cfg_scale is None else cfg_scale
         start = time.perf_counter()
         inputs = self.prepare(obs, prompts)
         c = self.model.config
@@ -230,7 +223,7 @@ class Policy:
         self.inference_calls += 1
         self.inference_chunks += len(actions)
         self.inference_seconds += time.perf_counter() - start
-        if os.environ.get("PI0_VERBOSE") == "1":
+        if self.verbose:
             log.info(
                 "[Policy] sample_actions %.1f ms, actions %s, cfg_scale=%g (%s)",
                 (time.perf_counter() - start) * 1e3,
@@ -350,14 +343,16 @@ class Policy:
         settings: PolicySettings | None = None,
         compile: bool = False,
         tokenizer_path: str | Path | None = None,
+        switches: SamplingSwitches | None = None,
     ) -> Policy:
         """Load our checkpoint, or a stock PI0 one (`settings` then default to LIBERO's two
         cameras). `cond_mode`/`label_scheme` (default: the checkpoint's; bias/binary for
         stock) other than the checkpoint's replace its condition parameters by fresh ones,
         which start the new model exactly at the loaded one if the old ones were still at
         their initial zeros (a base trained with frozen condition, `ript train --mode sft`).
-        `cfg_scale` defaults to the one in policy.json. `tokenizer_path` serves a checkpoint
-        without a tokenizer of its own."""
+        `cfg_scale` defaults to the one in policy.json; `switches` (the PI0_* variables, read
+        by the step) may override it. `tokenizer_path` serves a checkpoint without a
+        tokenizer of its own."""
         path = Path(path)
         if not path.is_dir():
             raise CheckpointError(f"{path}: checkpoint directory not found")
@@ -399,6 +394,8 @@ class Policy:
                 raise CheckpointError(f"{path}: checkpoint lacks {POLICY_FILE}")
         model = model.to(device=device, dtype=dtype).eval()
         cfg_scale = settings.cfg_scale if cfg_scale is None else cfg_scale
+        switches = switches or SamplingSwitches()
+        cfg_scale = switches.apply(cfg_scale)
         return cls(
             model,
             load_tokenizer(
@@ -409,6 +406,7 @@ class Policy:
             cfg_scale=cfg_scale,
             policy_id=f"{path.parent.name}/{path.name}(cfg_scale={cfg_scale:g})",
             compile=compile,
+            verbose=switches.verbose,
         )
 
 

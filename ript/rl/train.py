@@ -698,8 +698,13 @@ def train(
     progress: bool = True,
 ) -> Path:
     """Build the data and the policy, train, return the final policy directory."""
-    cond_mode = cond_mode or config["cond_mode"][0]
-    alpha_uncond = config["alpha_uncond"][0] if alpha_uncond is None else alpha_uncond
+    if mode == "sft":
+        # the base trains with its condition parameters frozen at zero, so no grid key enters
+        # it: CFG training in another cond_mode replaces them by fresh ones
+        cond_mode, alpha_uncond = cond_mode or "bias", 0.0
+    else:
+        cond_mode = cond_mode or config["cond_mode"][0]
+        alpha_uncond = config["alpha_uncond"][0] if alpha_uncond is None else alpha_uncond
     if alpha_uncond < 0:
         raise ValueError(f"--alpha-uncond {alpha_uncond}: expected >= 0")
     chunk_size = config["chunk_size"]

@@ -6,6 +6,7 @@ from pathlib import Path
 from ript.config import (
     ConfigError,
     apply_env_overrides,
+    check_workflow_switches,
     coerce_numbers,
     path_number,
     read_config_file,
@@ -21,6 +22,7 @@ if workflow.config_settings.configfiles:
     config.clear()
     config.update(workflow.config_settings.overwrite_config)
 try:
+    check_workflow_switches()
     for configfile in CONFIG_FILES:  # Snakemake's reader allows empty files, repeated keys
         read_config_file(configfile)
     source = f"config ({', '.join(map(str, CONFIG_FILES))} with --config overrides)"
@@ -80,8 +82,11 @@ MODEL_KEYS = [
 OPTIM_KEYS = [
     "batch_size", "warmup_steps", "final_lr_ratio", "weight_decay", "adam_betas",
     "grad_clip_norm", "ema_decay", "p_uncond", "checkpoint_every", "max_nonfinite_steps",
-    "device", "seed",
+    "device", "seed", "precision", "save_dtype", "finetune", "lora_rank", "lora_expert_rank",
+    "activation_checkpointing",
 ]
+# Keys of the videos a rollout job saves.
+VIDEO_KEYS = ["n_video", "video_dir", "render_source", "video_fps"]
 LABEL_KEYS = [
     "suite", "max_episode_length", "reward", "weight_mode", "advantage_normalization",
     "advantage_temperature", "advantage_clip_quantile", "label_granularity", "window_size",

@@ -7,7 +7,7 @@ rule demos:
         index=f"{RESULTS}/demos/task{{task}}.index.parquet",
     params:
         settings=lambda wildcards: settings(
-            ENV_KEYS + ["expert_action_noise", "expert_grasp_offset"],
+            ENV_KEYS + VIDEO_KEYS + ["expert_action_noise", "expert_grasp_offset"],
             tasks=[int(wildcards.task)],
         ),
         per_init=config["demos_per_init"],

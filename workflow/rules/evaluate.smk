@@ -1,6 +1,6 @@
 # Success on the evaluation init states: every grid point at every cfg_scale, and the base.
 
-EVAL_KEYS = ENV_KEYS + [
+EVAL_KEYS = ENV_KEYS + VIDEO_KEYS + [
     "tasks", "eval_rollouts_per_init", "num_parallel_envs", "compile", "device", "tokenizer_path",
 ]
 
