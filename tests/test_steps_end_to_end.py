@@ -142,10 +142,16 @@ def test_evaluate_the_scripted_expert(tmp_path):
         "eval_init_states=[25,27]",
         "--set",
         "max_episode_length=30",
+        "--set",
+        "n_video=1",
+        "--set",
+        'render_source="render"',
         "--shard",
         str(tmp_path / "eval.h5"),
     )
     m = json.loads(path.read_text())
+    (video,) = (tmp_path / "videos").glob("*.mp4")  # the first episode's, beside metrics.json
+    assert m["videos"] == [str(video)] and video.stat().st_size > 1000
     assert m["settings"]["policy_kind"] == "expert" and m["settings"]["cfg_scale"] is None
     assert m["overall"]["n"] == 2 and m["inference"]["calls"] == 0
     assert len(pd.read_parquet(tmp_path / "eval.index.parquet")) == 2

@@ -5,13 +5,15 @@ metrics.json holds successes, n and the success rate with a 95% Wilson interval,
 per task, every episode's outcome (task, init state, rollout: the key that pairs two policies'
 evaluations in the sweep table), the mean episode length, the mean inference time per policy
 call and per chunk, and the exact settings of the run; the rollouts themselves can be kept as a
-shard.
+shard, and the first `n_video` episodes as videos (in videos/ beside metrics.json, or in a
+folder per policy under `video_dir`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from ript.collect import load_rollout_policy, parse_init_states, run_rollouts
 from ript.config import sampling_switches
 from ript.data.episode_store import write_shard
 from ript.envs.pool import Episode
+from ript.envs.video import write_video
 from ript.evaluation.metrics import success_summary
 from ript.files import claim, write_text_atomic
 from ript.rl.train import SETTINGS_FILE
@@ -103,10 +106,15 @@ def _evaluate(
         policy,
         init_states=init_range,
         rollouts_per_init=config["eval_rollouts_per_init"],
+        n_video=config["n_video"],
         progress=progress,
         keep_observations=shard is not None,
         desc=f"evaluate {Path(out).parent.name}",
     )
+    video_dir = Path(out).parent / "videos"
+    if config["video_dir"]:  # one folder per policy: the grid's evaluations share file names
+        video_dir = Path(config["video_dir"]) / re.sub(r"[^\w.=-]+", "_", policy.policy_id)
+    videos = [write_video(e, video_dir, config["video_fps"]) for e in episodes if e.frames]
     calls = getattr(policy, "inference_calls", 0)
     seconds = getattr(policy, "inference_seconds", 0.0)
     chunks = getattr(policy, "inference_chunks", 0)
@@ -130,6 +138,7 @@ def _evaluate(
             "max_episode_length": config["max_episode_length"],
             "replan_steps": config["replan_steps"],
         },
+        "videos": [str(path) for path in videos],
         "env": {
             "env_steps": stats.env_steps,
             "wall_s": stats.wall_seconds,
