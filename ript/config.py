@@ -185,6 +185,13 @@ def _check_cross_keys(config: dict[str, Any], source: str) -> None:
         )
     if config["eval_schedule"] == "adaptive":
         _check_selection_ranges(config, source)
+    if config["weight_mode"] == "binary" and config["label_granularity"] != "episode":
+        raise ConfigError(
+            f"{source}: key 'label_granularity': {config['label_granularity']!r} under "
+            "weight_mode: binary gives every step its episode's label (w_pos = 1[A > 0] and "
+            "the window discount keeps A's sign); set label_granularity: episode, or "
+            "weight_mode: continuous, where the discount weights the steps"
+        )
     if config["rollouts_per_init"] < 2:
         raise ConfigError(
             f"{source}: key 'rollouts_per_init': {config['rollouts_per_init']} rollout per init "

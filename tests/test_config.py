@@ -42,6 +42,7 @@ def test_an_adaptive_schedule_on_disjoint_init_states_is_valid():
         ({"train_init_states": [5, 5]}, ["train_init_states", "[5, 5]"]),
         ({"n_video": 2, "render_source": "obs"}, ["render_source", "cameras"]),
         ({"eval_schedule": "adaptive"}, ["'screen_init_states' is not set"]),
+        ({"label_granularity": "window"}, ["label_granularity", "weight_mode: binary"]),
         (ADAPTIVE | {"screen_init_states": [26, 28]}, ["screen_init_states", "eval_init_states"]),
         (ADAPTIVE | {"contend_init_states": [5, 9]}, ["contend_init_states", "train_init_states"]),
         (

@@ -41,7 +41,13 @@ def test_without_dynamic_sampling_every_group_stays(shard, tmp_path):
 
 def test_window_rows_carry_discounted_advantages(shard, tmp_path):
     config = load_config(
-        None, {"label_granularity": "window", "window_size": 4, "label_discount": 0.5}
+        None,
+        {
+            "label_granularity": "window",
+            "window_size": 4,
+            "label_discount": 0.5,
+            "weight_mode": "continuous",
+        },
     )
     label(config, [shard], tmp_path / "l.parquet")
     table, _ = read_labels(tmp_path / "l.parquet")
@@ -50,7 +56,9 @@ def test_window_rows_carry_discounted_advantages(shard, tmp_path):
     assert first[["step_start", "step_stop"]].values.tolist() == [[0, 4], [4, 6]]
     np.testing.assert_allclose(first["advantage"], [0.5**2, 1.0])
     steps = label(
-        load_config(None, {"label_granularity": "timestep"}), [shard], tmp_path / "t.parquet"
+        load_config(None, {"label_granularity": "timestep", "weight_mode": "continuous"}),
+        [shard],
+        tmp_path / "t.parquet",
     )
     lengths = read_rollouts([shard]).query("group_id != 'g1'")["length"]
     assert steps.rows == lengths.sum()
