@@ -371,8 +371,9 @@ def _run_plots(args: argparse.Namespace) -> None:
     from ript.report.plots import heatmap, success_vs_cfg, training_curves
     from ript.report.tables import read_table
 
-    required = {"policy", "best", "cond_mode", "alpha_uncond", "cfg_scale", "success_rate"}
-    table = read_table(args.table, required | {"ci95_low", "ci95_high"}, "a sweep table")
+    required = {"policy", "best", "cond_mode", "alpha_uncond", "cfg_scale", "success_rate",
+                "ci95_low", "ci95_high"}  # fmt: skip
+    table = read_table(args.table, required, "a sweep or selection table")
     success_vs_cfg(table, args.success_vs_cfg)
     heatmap(table, args.heatmap)
     runs = dict(item.split("=", 1) for item in args.train_metrics)

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ript.config import sampling_switches
+from ript.config import SamplingSwitches, sampling_switches
 from ript.data.episode_store import write_shard
 from ript.envs.expert import ScriptedExpert
 from ript.envs.pool import (
@@ -21,7 +21,7 @@ from ript.envs.pool import (
     usable_workers,
 )
 from ript.envs.suites import NUM_FIXED_INIT_STATES, check_suite_task, max_episode_length
-from ript.envs.video import write_video
+from ript.envs.video import write_videos
 from ript.files import claim
 
 log = logging.getLogger(__name__)
@@ -96,10 +96,14 @@ def episode_specs(
 
 
 def load_rollout_policy(
-    name: str, config: dict[str, Any], cfg_scale: float | None = None
+    name: str,
+    config: dict[str, Any],
+    cfg_scale: float | None = None,
+    switches: SamplingSwitches | None = None,
 ) -> RolloutPolicy:
     """'expert' (the scripted demonstrator) or a policy checkpoint directory, sampling at
-    `cfg_scale` (default: the checkpoint's own, see `PolicySettings.cfg_scale`)."""
+    `cfg_scale` (default: the checkpoint's own, see `PolicySettings.cfg_scale`) under the
+    PI0_* `switches` (default: read from the environment now)."""
     if name == "expert":
         return ScriptedExpert(config["expert_action_noise"], config["expert_grasp_offset"])
     if not Path(name).is_dir():
@@ -120,7 +124,7 @@ def load_rollout_policy(
         cfg_scale=cfg_scale,
         compile=config["compile"],
         tokenizer_path=config["tokenizer_path"],
-        switches=sampling_switches(),
+        switches=sampling_switches() if switches is None else switches,
     )
 
 
@@ -225,7 +229,6 @@ def collect(
         )
         write_shard(out, episodes, policy_id=policy.policy_id, frame_codec=config["frame_storage"])
         video_dir = Path(config["video_dir"]) if config["video_dir"] else out.parent / "videos"
-        for ep in episodes:
-            if ep.frames:
-                log.info("video: %s", write_video(ep, video_dir, config["video_fps"]))
+        for path in write_videos(episodes, video_dir, config["video_fps"]):
+            log.info("video: %s", path)
     return episodes, stats

@@ -170,21 +170,15 @@ def _check_cross_keys(config: dict[str, Any], source: str) -> None:
             f"{source}: key 'tasks': task ids {bad} do not exist in {suite}; "
             f"valid: 0..{n_tasks - 1}"
         )
-    for key in ("train_init_states", "eval_init_states"):
-        start, stop = config[key]
-        if not 0 <= start < stop <= NUM_FIXED_INIT_STATES:
-            raise ConfigError(
-                f"{source}: key '{key}': {[start, stop]} is not a half-open range "
-                f"[start, stop) with 0 <= start < stop <= {NUM_FIXED_INIT_STATES}"
-            )
-    (a0, a1), (b0, b1) = config["train_init_states"], config["eval_init_states"]
-    if a0 < b1 and b0 < a1:
-        raise ConfigError(
-            f"{source}: keys 'train_init_states' {[a0, a1]} and 'eval_init_states' {[b0, b1]} "
-            "overlap; training rollouts must not start from evaluation init states"
-        )
+    ranges = {
+        key: _init_range(config, key, source) for key in ("train_init_states", "eval_init_states")
+    }
+    _refuse_overlap(
+        ranges, "train_init_states", "eval_init_states", source,
+        "training rollouts must not start from evaluation init states",
+    )  # fmt: skip
     if config["eval_schedule"] == "adaptive":
-        _check_selection_ranges(config, source)
+        _check_selection_ranges(config, ranges, source)
     if config["weight_mode"] == "binary" and config["label_granularity"] != "episode":
         raise ConfigError(
             f"{source}: key 'label_granularity': {config['label_granularity']!r} under "
@@ -223,32 +217,48 @@ def _check_cross_keys(config: dict[str, Any], source: str) -> None:
         )
 
 
-def _check_selection_ranges(config: dict[str, Any], source: str) -> None:
+def _init_range(config: dict[str, Any], key: str, source: str) -> tuple[int, int]:
+    start, stop = config[key]
+    if not 0 <= start < stop <= NUM_FIXED_INIT_STATES:
+        raise ConfigError(
+            f"{source}: key '{key}': {[start, stop]} is not a half-open range "
+            f"[start, stop) with 0 <= start < stop <= {NUM_FIXED_INIT_STATES}"
+        )
+    return start, stop
+
+
+def _refuse_overlap(
+    ranges: dict[str, tuple[int, int]], first: str, second: str, source: str, why: str
+) -> None:
+    (a0, a1), (b0, b1) = ranges[first], ranges[second]
+    if a0 < b1 and b0 < a1:
+        raise ConfigError(
+            f"{source}: keys '{first}' {[a0, a1]} and '{second}' {[b0, b1]} overlap; {why}"
+        )
+
+
+def _check_selection_ranges(
+    config: dict[str, Any], ranges: dict[str, tuple[int, int]], source: str
+) -> None:
     """Adaptive evaluation selects on init states that neither training nor the final
-    comparison uses, so the chosen point's interval against the base stays honest."""
-    ranges = {}
-    for key in ("screen_init_states", "contend_init_states"):
+    comparison uses (`ranges`: theirs), so the chosen point's interval against the base
+    stays honest."""
+    selection = ("screen_init_states", "contend_init_states")
+    for key in selection:
         if config[key] is None:
             raise ConfigError(
                 f"{source}: key '{key}' is not set; eval_schedule: adaptive selects on it "
                 "(a half-open range [start, stop) of init states, e.g. [10, 15])"
             )
-        start, stop = config[key]
-        if not 0 <= start < stop <= NUM_FIXED_INIT_STATES:
-            raise ConfigError(
-                f"{source}: key '{key}': {[start, stop]} is not a half-open range "
-                f"[start, stop) with 0 <= start < stop <= {NUM_FIXED_INIT_STATES}"
-            )
-        ranges[key] = (start, stop)
-    others = {key: tuple(config[key]) for key in ("train_init_states", "eval_init_states")}
-    for first, second in [*itertools.combinations(ranges, 2), *itertools.product(ranges, others)]:
-        (a0, a1), (b0, b1) = (ranges | others)[first], (ranges | others)[second]
-        if a0 < b1 and b0 < a1:
-            raise ConfigError(
-                f"{source}: keys '{first}' {[a0, a1]} and '{second}' {[b0, b1]} overlap; "
-                "adaptive evaluation needs disjoint init states for the screen, the "
-                "contenders, training and the final comparison"
-            )
+    others = tuple(ranges)
+    ranges = ranges | {key: _init_range(config, key, source) for key in selection}
+    pairs = [*itertools.combinations(selection, 2), *itertools.product(selection, others)]
+    for first, second in pairs:
+        _refuse_overlap(
+            ranges, first, second, source,
+            "adaptive evaluation needs disjoint init states for the screen, the contenders, "
+            "training and the final comparison",
+        )  # fmt: skip
 
 
 def _check_checkpoint_paths(config: dict[str, Any], source: str) -> None:

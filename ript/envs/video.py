@@ -35,3 +35,8 @@ def write_video(episode: Episode, video_dir: str | Path, fps: int = 20) -> Path:
         for frame in episode.frames:
             writer.append_data(np.asarray(frame, dtype=np.uint8))
     return path
+
+
+def write_videos(episodes: list[Episode], video_dir: str | Path, fps: int = 20) -> list[Path]:
+    """The videos of the episodes that recorded frames (the first `n_video` of a run)."""
+    return [write_video(e, video_dir, fps) for e in episodes if e.frames]

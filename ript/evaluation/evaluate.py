@@ -23,7 +23,7 @@ from ript.collect import load_rollout_policy, parse_init_states, run_rollouts
 from ript.config import sampling_switches
 from ript.data.episode_store import write_shard
 from ript.envs.pool import Episode
-from ript.envs.video import write_video
+from ript.envs.video import write_videos
 from ript.evaluation.metrics import success_summary
 from ript.files import claim, write_text_atomic
 from ript.rl.train import SETTINGS_FILE
@@ -100,7 +100,8 @@ def _evaluate(
     shard: str | Path | None,
     progress: bool,
 ) -> dict[str, Any]:
-    policy = load_rollout_policy(policy_name, config, cfg_scale)
+    switches = sampling_switches()  # read once: the policy samples, metrics.json records
+    policy = load_rollout_policy(policy_name, config, cfg_scale, switches)
     episodes, stats = run_rollouts(
         config,
         policy,
@@ -114,7 +115,7 @@ def _evaluate(
     video_dir = Path(out).parent / "videos"
     if config["video_dir"]:  # one folder per policy: the grid's evaluations share file names
         video_dir = Path(config["video_dir"]) / re.sub(r"[^\w.=-]+", "_", policy.policy_id)
-    videos = [write_video(e, video_dir, config["video_fps"]) for e in episodes if e.frames]
+    videos = write_videos(episodes, video_dir, config["video_fps"])
     calls = getattr(policy, "inference_calls", 0)
     seconds = getattr(policy, "inference_seconds", 0.0)
     chunks = getattr(policy, "inference_chunks", 0)
@@ -129,7 +130,7 @@ def _evaluate(
             "policy": str(policy_name),
             "policy_id": policy.policy_id,
             **policy_settings(policy, policy_name),
-            "env_switches": dict(sampling_switches().set_variables),
+            "env_switches": dict(switches.set_variables),
             "seed": config["seed"],
             "suite": config["suite"],
             "tasks": config["tasks"],
