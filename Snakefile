@@ -5,7 +5,11 @@
 #   snakemake --report results/<experiment>/report.html
 # Every rule calls one `ript <step>`; the logic lives in the `ript` package.
 
-configfile: "config/config.yaml"
+# The embedded default, unless an experiment config is given (it replaces the default:
+# workflow/rules/common.smk).
+if not workflow.config_settings.configfiles:
+
+    configfile: "config/config.yaml"
 
 
 # `round` is a path prefix: empty for round 1 (results/<experiment>/...), "round<r>/" after.
@@ -41,6 +45,7 @@ rule sweep:
         expand([*rules.tables.output, *rules.plots.output], round=ROUND_PREFIXES),
         expand(rules.select.output, round=ROUND_PREFIXES) if ADAPTIVE else [],
         rules.rounds_table.output if len(ROUND_PREFIXES) > 1 else [],
+        expand(rules.videos.output, round=ROUND_PREFIXES) if config["n_video"] > 0 else [],
 
 
 rule eval:

@@ -25,12 +25,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ript.collect import episode_specs
 from ript.envs.expert import ScriptedExpert
-from ript.envs.observation import DUMMY_ACTION, STATE_DIM
+from ript.envs.observation import DUMMY_ACTION
 from ript.envs.pool import EnvPool
+from ript.rollouts import episode_specs
 
 SUITE = "libero_object"
+
+# `state`: end-effector position (3), axis-angle orientation (3), gripper joints (2)
+STATE_DIM = 8
 
 
 def _bare_worker(cameras: bool, image_size: int, steps: int, start, done) -> None:

@@ -28,9 +28,9 @@ from ript.data.episode_store import (
 
 
 def collect(image_size: int, episodes: int) -> list[dict[str, np.ndarray]]:
-    from ript.collect import episode_specs
     from ript.envs.expert import ScriptedExpert
     from ript.envs.pool import EnvPool
+    from ript.rollouts import episode_specs
 
     specs = episode_specs(
         suite="libero_object",

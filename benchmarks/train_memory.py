@@ -57,7 +57,6 @@ class FixedBatch:
             },
             "prompts": [PROMPT] * BATCH,
             "actions": rng.uniform(-1, 1, (BATCH, chunk_size, 7)).astype(np.float32),
-            "action_is_pad": np.zeros((BATCH, chunk_size), bool),
         }
 
     def __len__(self) -> int:
@@ -68,7 +67,6 @@ class FixedBatch:
             "obs": {k: v[rows] for k, v in self.data["obs"].items()},
             "prompts": [self.data["prompts"][r] for r in rows],
             "actions": self.data["actions"][rows],
-            "action_is_pad": self.data["action_is_pad"][rows],
         }
 
 

@@ -20,7 +20,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from ript.config import CHECKPOINT_FILES, POLICY_FILE, missing_files
+from ript.checkpoint import CHECKPOINT_FILES, POLICY_FILE, missing_files
 from ript.files import atomic_output, write_text_atomic
 from ript.report.tables import best_row, read_table
 

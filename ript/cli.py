@@ -106,7 +106,8 @@ def _overrides(args: argparse.Namespace, keys: list[str]) -> dict[str, Any]:
 
 
 def _run_collect(args: argparse.Namespace) -> None:
-    from ript.collect import collect, per_task_success, summary_line
+    from ript.collect import collect
+    from ript.rollouts import per_task_success, summary_line
 
     config = load_config(
         args.config,
@@ -381,6 +382,22 @@ def _run_plots(args: argparse.Namespace) -> None:
     print(f"plots: {args.success_vs_cfg}, {args.heatmap}, {args.training_curves}")
 
 
+def _add_videos(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "videos", help="one html page with a success and a failure video of every policy"
+    )
+    p.add_argument("--metrics", nargs="+", required=True, help="metrics.json of the evaluations")
+    p.add_argument("--out", required=True, help="the html page to write")
+    p.set_defaults(run=_run_videos)
+
+
+def _run_videos(args: argparse.Namespace) -> None:
+    from ript.report.videos import write_video_page
+
+    shown = write_video_page(args.metrics, args.out)
+    print(f"videos: {args.out}: {shown} videos of {len(args.metrics)} evaluations")
+
+
 def _add_bundle(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "bundle",
@@ -430,6 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(sub)
     _add_tables(sub)
     _add_plots(sub)
+    _add_videos(sub)
     _add_rounds(sub)
     _add_contenders(sub)
     _add_select(sub)

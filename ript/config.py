@@ -22,8 +22,14 @@ from typing import Any
 import jsonschema
 import yaml
 
+from ript.checkpoint import (
+    CHECKPOINT_FILES,
+    TOKENIZER_FILES,
+    checkpoint_chunk_size,
+    has_tokenizer,
+    missing_files,
+)
 from ript.envs.suites import EXPERT_SUITES, NUM_FIXED_INIT_STATES, SUITE_NUM_TASKS
-from ript.models.tokenizer import TOKENIZER_FILES, has_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -39,18 +45,6 @@ ENV_OVERRIDES: dict[str, tuple[str, Any]] = {
     "PI0_VIDEO_DIR": ("video_dir", str),
     "PI0_RENDER_SOURCE": ("render_source", str),
 }
-
-
-# what every policy checkpoint directory holds (besides a tokenizer); checked here before any
-# job runs and by Policy.from_pretrained when a step loads one
-CHECKPOINT_FILES = ("config.json", "model.safetensors", "norm_stats.json")
-# how observations map onto the model and the default guidance scale (ript's own checkpoints)
-POLICY_FILE = "policy.json"
-
-
-def missing_files(directory: str | Path, names: tuple[str, ...] = CHECKPOINT_FILES) -> list[str]:
-    """Which of `names` `directory` lacks (all of a checkpoint's files by default)."""
-    return [name for name in names if not (Path(directory) / name).is_file()]
 
 
 class ConfigError(ValueError):
@@ -137,15 +131,6 @@ def _check_bootstrap(config: dict[str, Any], source: str) -> None:
             "scripted expert that records the demonstrations reads the object poses. Set it "
             "to true or set pretrained_path"
         )
-
-
-def checkpoint_chunk_size(path: str | Path) -> int | None:
-    """Actions per chunk of a checkpoint (ours or a stock pi0), read from its config.json
-    without loading it; None when unreadable (Policy.from_pretrained names what is wrong)."""
-    try:
-        return int(json.loads((Path(path) / "config.json").read_text())["chunk_size"])
-    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError):
-        return None
 
 
 def _check_chunk_size(config: dict[str, Any], source: str) -> None:

@@ -24,14 +24,8 @@ from typing import Any
 
 import pandas as pd
 
-from ript.evaluation.metrics import success_summary
-from ript.report.tables import (
-    load_metrics,
-    paired_counts,
-    paired_newcombe_difference,
-    success_cell,
-    write_texts,
-)
+from ript.evaluation.metrics import paired_counts, paired_newcombe_difference, success_summary
+from ript.report.tables import load_metrics, success_cell, write_texts
 
 POINT = ["cond_mode", "alpha_uncond", "cfg_scale"]
 

@@ -48,6 +48,12 @@ MICRO = {
 }
 
 
+# what the shared `micro_run` adds to MICRO: the first two episodes of every collection and
+# evaluation are recorded as videos (a rerun of its copy must pass the same, or the changed
+# keys rerun the jobs)
+MICRO_RUN = {"n_video": 2, "render_source": "render"}
+
+
 def sft_args(micro_run: Path, out: Path, *settings: str) -> list[str]:
     """The arguments (after `ript`) of SFT on a finished micro run's demonstrations."""
     res = micro_run / "results/micro"

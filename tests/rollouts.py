@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from test_episode_store import make_episode
+from helpers import make_episode
 
 from ript.data.episode_store import write_shard
 

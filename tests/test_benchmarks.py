@@ -67,7 +67,7 @@ def test_the_fit_benchmark_reads_a_finished_run(micro_run, tmp_path):
 
 
 def test_the_frame_storage_benchmark_reads_a_shard(tmp_path):
-    from test_episode_store import make_episode, moving_frames
+    from helpers import make_episode, moving_frames
 
     from ript.data.episode_store import write_shard
 

@@ -4,26 +4,17 @@ import json
 
 import pandas as pd
 import pytest
-from test_tables import episodes, write_metrics
+from helpers import episodes, fake_policy, write_metrics
 
+from ript.checkpoint import CHECKPOINT_FILES, POLICY_FILE
 from ript.choose import choose
-from ript.config import CHECKPOINT_FILES, POLICY_FILE
+from ript.evaluation.metrics import paired_counts, paired_newcombe_difference
 from ript.report.tables import (
-    paired_counts,
-    paired_newcombe_difference,
     read_sweep,
     rounds_markdown,
     rounds_table,
     write_tables,
 )
-
-
-def fake_policy(path, cfg_scale=1.0):
-    path.mkdir(parents=True)
-    for name in CHECKPOINT_FILES:
-        (path / name).write_text(name)
-    (path / POLICY_FILE).write_text(json.dumps({"num_steps": 10, "cfg_scale": cfg_scale}))
-    return path
 
 
 def sweep(tmp_path, successes_by_cfg, name="sweep.csv"):

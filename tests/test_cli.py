@@ -6,21 +6,11 @@ import sys
 
 import pandas as pd
 import pytest
+from helpers import run_ript
 
 from ript.data.episode_store import EpisodeReader, read_index
 
 pytestmark = pytest.mark.sim
-
-
-def run_ript(*args, **kw):
-    return subprocess.run(
-        [sys.executable, "-m", "ript.cli", *args],
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        timeout=600,
-        **kw,
-    )
 
 
 def test_collect_writes_a_shard_its_index_and_videos(tmp_path):

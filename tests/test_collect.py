@@ -2,8 +2,8 @@
 
 import pytest
 
-from ript.collect import episode_specs, parse_init_states
 from ript.config import validate
+from ript.rollouts import episode_specs, parse_init_states
 
 
 def plan(**kw):

@@ -4,6 +4,7 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import make_episode, moving_frames
 
 from ript.data.episode_store import (
     KEYFRAME_INTERVAL,
@@ -13,35 +14,6 @@ from ript.data.episode_store import (
     read_index,
     write_shard,
 )
-from ript.envs.pool import Episode, EpisodeSpec
-
-
-def make_episode(i: int, t: int = 6, cameras: bool = True, success: bool = True) -> Episode:
-    rng = np.random.default_rng(i)
-    obs = {
-        "state": rng.normal(size=(t, 8)).astype(np.float32),
-        "ee_pos": rng.normal(size=(t, 3)).astype(np.float32),
-        "ee_ori": rng.normal(size=(t, 3)).astype(np.float32),
-        "gripper_states": rng.normal(size=(t, 2)).astype(np.float32),
-        "joint_states": rng.normal(size=(t, 7)).astype(np.float32),
-        "privileged_object_state": rng.normal(size=(t, 28)).astype(np.float32),
-    }
-    if cameras:
-        obs["agentview_rgb"] = rng.integers(0, 255, size=(t, 16, 16, 3), dtype=np.uint8)
-        obs["eye_in_hand_rgb"] = rng.integers(0, 255, size=(t, 16, 16, 3), dtype=np.uint8)
-    dones = np.zeros(t, dtype=np.uint8)
-    dones[-1] = 1
-    spec = EpisodeSpec(i, "libero_object", 3, 7, i % 2, 100 + i, 55, "libero_object/task3/init7")
-    return Episode(
-        spec=spec,
-        language="pick up the bbq sauce and place it in the basket",
-        obs=obs,
-        actions=rng.uniform(-1, 1, size=(t, 7)).astype(np.float32),
-        rewards=np.eye(t, dtype=np.float32)[-1] * float(success),
-        dones=dones,
-        states=rng.normal(size=(t, 110)),
-        success=success,
-    )
 
 
 def test_round_trip(tmp_path):
@@ -138,16 +110,6 @@ def test_failed_write_leaves_nothing_behind(tmp_path):
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(ValueError, match="no episodes"):
         write_shard(tmp_path / "empty.h5", [], policy_id="expert")
-
-
-def moving_frames(t: int) -> np.ndarray:
-    """A static shaded scene with a bright square moving over it, (t, 32, 32, 3)."""
-    y, x = np.mgrid[0:32, 0:32]
-    scene = np.stack([x * 7, y * 7, (x + y) * 3], axis=-1).astype(np.uint8)
-    frames = np.repeat(scene[None], t, axis=0)
-    for i in range(t):
-        frames[i, i % 24 : i % 24 + 8, 4:12] = 250
-    return frames
 
 
 @pytest.mark.parametrize("codec", ["gzip", "delta", "jpeg"])

@@ -3,7 +3,7 @@
 import dataclasses
 
 import pytest
-from test_episode_store import make_episode
+from helpers import make_episode
 
 from ript.evaluation.evaluate import episode_metrics
 from ript.evaluation.metrics import success_summary, wilson_interval

@@ -77,7 +77,7 @@ def test_corrupt_files_are_named(tmp_path, content, message):
 
 
 def test_streamed_stats_agree_with_numpy(tmp_path):
-    from test_episode_store import make_episode
+    from helpers import make_episode
 
     from ript.data.episode_store import write_shard
     from ript.data.norm_stats import compute_norm_stats
@@ -116,8 +116,7 @@ def test_streamed_stats_agree_with_numpy(tmp_path):
 
 
 def test_norm_stats_command_names_missing_keys(tmp_path):
-    from test_cli import run_ript
-    from test_episode_store import make_episode
+    from helpers import make_episode, run_ript
 
     from ript.data.episode_store import write_shard
 

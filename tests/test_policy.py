@@ -11,7 +11,7 @@ from transformers import PI0ForConditionalGeneration
 
 from ript.config import ConfigError, check_workflow_switches, sampling_switches
 from ript.data.norm_stats import NormStats, NormStatsError, Stats
-from ript.envs.pool import EpisodeSpec, PolicyRequest
+from ript.envs.episode import EpisodeSpec, PolicyRequest
 from ript.models.policy import (
     CheckpointError,
     Policy,
@@ -306,5 +306,7 @@ def test_wrong_dims_in_a_checkpoint(lowdim_policy, tmp_path):
 def test_per_sample_loss_of_raw_action_chunks(lowdim_policy):
     actions = np.random.default_rng(0).normal(size=(2, 6, 7)).astype(np.float32)
     branches = [torch.ones(2, dtype=torch.long), torch.zeros(2, dtype=torch.long)]
-    losses = lowdim_policy.compute_loss(lowdim_obs(), [PROMPT] * 2, actions, branches)
+    losses = lowdim_policy.model.compute_loss(
+        **lowdim_policy.loss_inputs(lowdim_obs(), [PROMPT] * 2, actions), branches=branches
+    )
     assert losses.shape == (2, 2) and torch.isfinite(losses).all()

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from conftest import KillingPolicy, RandomPolicy, small_pool
 
-from ript.collect import episode_specs, per_task_success
+from ript.envs.episode import EpisodeSpec
 from ript.envs.expert import ScriptedExpert
-from ript.envs.pool import EpisodeSpec
 from ript.envs.video import write_video
+from ript.rollouts import episode_specs, per_task_success
 
 pytestmark = pytest.mark.sim
 

@@ -3,11 +3,10 @@
 import json
 
 import pytest
-from test_choose import fake_policy
-from test_tables import episodes, write_metrics
+from helpers import episodes, fake_policy, write_metrics
 
 from ript.choose import choose
-from ript.report.tables import paired_counts, paired_newcombe_difference
+from ript.evaluation.metrics import paired_counts, paired_newcombe_difference
 from ript.select import contenders, read_contenders, screen_table, selection_table, write_selection
 
 

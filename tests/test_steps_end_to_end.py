@@ -8,8 +8,8 @@ import os
 import pandas as pd
 import pytest
 import yaml
+from helpers import run_ript
 from micro import MICRO
-from test_cli import run_ript
 
 from ript.evaluation.metrics import wilson_interval
 
@@ -151,7 +151,10 @@ def test_evaluate_the_scripted_expert(tmp_path):
     )
     m = json.loads(path.read_text())
     (video,) = (tmp_path / "videos").glob("*.mp4")  # the first episode's, beside metrics.json
-    assert m["videos"] == [str(video)] and video.stat().st_size > 1000
+    (entry,) = m["videos"]
+    assert entry["path"] == str(video) and video.stat().st_size > 1000
+    assert (entry["task"], entry["init_state"], entry["rollout"]) == (0, 25, 0)
+    assert entry["success"] == m["episodes"][0]["success"]
     assert m["settings"]["policy_kind"] == "expert" and m["settings"]["cfg_scale"] is None
     assert m["overall"]["n"] == 2 and m["inference"]["calls"] == 0
     assert len(pd.read_parquet(tmp_path / "eval.index.parquet")) == 2

@@ -4,16 +4,15 @@ import json
 
 import numpy as np
 import pytest
+from helpers import episodes, write_metrics
 
-from ript.evaluation.metrics import success_summary
-from ript.report.tables import (
-    markdown,
+from ript.evaluation.metrics import (
     newcombe_difference,
     paired_counts,
     paired_episodes_needed,
     paired_newcombe_difference,
-    sweep_table,
 )
+from ript.report.tables import markdown, sweep_table
 
 
 def test_paired_interval_without_correlation_is_the_independent_one():
@@ -56,13 +55,6 @@ def test_paired_interval_covers_the_true_difference_95_percent_of_the_time():
     assert width_paired < 0.9 * width_ind
 
 
-def episodes(successes: list[bool]) -> list[dict]:
-    return [
-        {"task": i % 2, "init_state": i // 2, "rollout": 0, "success": s, "length": 10}
-        for i, s in enumerate(successes)
-    ]
-
-
 def test_paired_counts_need_the_same_episodes():
     a, b = episodes([True, True, False, False]), episodes([True, False, True, False])
     assert paired_counts(a, b) == (1, 1, 1, 1)
@@ -70,20 +62,6 @@ def test_paired_counts_need_the_same_episodes():
     assert paired_counts(a, [{**e, "rollout": 1} for e in b]) is None
     assert paired_counts(a + a[:1], b + b[:1]) is None
     assert paired_counts([], []) is None
-
-
-def write_metrics(path, successes, training=None, cfg_scale=None, with_episodes=True, policy=""):
-    m = {
-        "overall": {**success_summary(sum(successes), len(successes)), "mean_episode_length": 10},
-        "per_task": {"0": {"success_rate": 0.5}, "1": {"success_rate": 0.5}},
-        "inference": {"mean_ms_per_chunk": 1.0},
-        "settings": {"training": training, "cfg_scale": cfg_scale, "policy": str(policy)},
-    }
-    if with_episodes:
-        m["episodes"] = episodes(successes)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(m))
-    return str(path)
 
 
 @pytest.mark.parametrize("base_has_episodes", [True, False])

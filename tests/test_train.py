@@ -127,11 +127,9 @@ def test_objective_is_the_weighted_two_branch_loss(data, tmp_path):
     batch = trainer.samples.dataset.batch(draw["rows"])
     policy = trainer.policy
     labels = torch.full((8,), 1)
-    per_sample = policy.compute_loss(
-        batch["obs"],
-        batch["prompts"],
-        batch["actions"],
-        [labels, torch.full((8,), UNCOND)],
+    per_sample = policy.model.compute_loss(
+        **policy.loss_inputs(batch["obs"], batch["prompts"], batch["actions"]),
+        branches=[labels, torch.full((8,), UNCOND)],
         noise=torch.from_numpy(draw["noise"]),
         time=torch.from_numpy(draw["time"]).float(),
     )

@@ -140,6 +140,7 @@ def test_a_configfile_replaces_the_embedded_default(tmp_path, name):
         else "seed=0",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "is extended by" not in result.stdout + result.stderr  # nothing merged, nothing said
     seen = set()
     for command, settings in job_settings(result.stdout):
         for key in only_embedded & settings.keys():
@@ -179,14 +180,32 @@ def test_micro_config_end_to_end(micro_run):
     assert "| **best** cfg |" in (res / "tables/sweep.md").read_text()
     for plot in ("success_vs_cfg", "heatmap", "training_curves"):
         assert (res / f"plots/{plot}.png").stat().st_size > 10_000, plot
+    # n_video: 2 -> two videos per collection job, two per evaluation, and a page with a
+    # success and a failure of each policy (where its two recorded episodes have both)
+    assert len(list((res / "rollouts/videos").glob("*.mp4"))) == 2 * 4
+    evaluations = [res / "eval/base/metrics.json", *map(Path, table["metrics"][1:])]
+    for path in evaluations:
+        videos = json.loads((tmp_path / path).read_text())["videos"]
+        assert len(videos) == 2 and all(
+            (tmp_path / v["path"]).stat().st_size > 1000 for v in videos
+        )
+    page = (res / "videos.html").read_text()
+    assert page.count("<section>") == len(evaluations) and "data:video/mp4;base64," in page
     report = snakemake(tmp_path, *run, "--report", str(res / "report.html"))
     assert report.returncode == 0, report.stderr[-3000:]
     assert (res / "report.html").stat().st_size > 100_000
+    assert "videos.html" in (res / "report.html").read_text()
     again = snakemake(tmp_path, "all", *run)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
     # one more cfg_scale: only its evaluation and the tables/plots run
     more = snakemake(tmp_path, "all", "-n", *run, "--config", "cfg_scale=[1.0,2.0,3.0]")
-    assert job_counts(more.stdout) == {"all": 1, "evaluate": 1, "plots": 1, "tables": 1}
+    assert job_counts(more.stdout) == {
+        "all": 1,
+        "evaluate": 1,
+        "plots": 1,
+        "tables": 1,
+        "videos": 1,
+    }
     # a training key: retrain and re-evaluate the grid, nothing upstream
     retrain = snakemake(tmp_path, "all", "-n", *run, "--config", "train_steps=12")
     assert job_counts(retrain.stdout) == {
@@ -195,6 +214,7 @@ def test_micro_config_end_to_end(micro_run):
         "plots": 1,
         "tables": 1,
         "train": 1,
+        "videos": 1,
     }
 
 
@@ -250,7 +270,7 @@ def test_a_second_round_collects_with_the_point_chosen_on_selection_episodes(mic
     assert job_counts(plan.stdout) == {  # round 1's training and base evaluation are reused
         "all": 1, "evaluate_selection": 4, "contenders": 2, "select": 2, "choose": 2,
         "evaluate_chosen": 2, "tables": 2, "plots": 2, "collect": 4, "label": 1, "train": 1,
-        "rounds_table": 1,
+        "rounds_table": 1, "videos": 2,
     }  # fmt: skip
     result = snakemake(work, "all", *run)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -2,7 +2,7 @@
 that follows it (pi0's action-chunk targets).
 
 A chunk that runs past the episode's end repeats the last action, the usual padding of
-LeRobot and openpi LIBERO data; `action_is_pad` marks those steps.
+LeRobot and openpi LIBERO data; the flow-matching loss counts those steps like any other.
 
 Only actions and prompts are held in memory. Observations are read when a batch needs them:
 camera frames one at a time (each is its own gzip chunk in a shard), low-dim arrays a whole
@@ -101,9 +101,9 @@ class ChunkDataset:
         return self._lowdim[e]
 
     def batch(self, rows: np.ndarray) -> dict:
-        """obs (dict of stacked arrays), prompts, actions (B, H, A), action_is_pad (B, H)."""
+        """obs (dict of stacked arrays), prompts, actions (B, H, A)."""
         obs: dict[str, list[np.ndarray]] = {k: [] for k in self.obs_keys}
-        prompts, chunks, pads = [], [], []
+        prompts, chunks = [], []
         for e, t in self.index[rows]:
             ep = self.episodes[e]
             lowdim = self._lowdim_of(e)
@@ -114,12 +114,10 @@ class ChunkDataset:
                 else:
                     obs[key].append(self._reader(shard).read_frame(demo, key, t))
             steps = np.arange(t, t + self.chunk_size)
-            pads.append(steps >= len(ep.actions))
             chunks.append(ep.actions[np.minimum(steps, len(ep.actions) - 1)])
             prompts.append(ep.prompt)
         return {
             "obs": {k: np.stack(v) for k, v in obs.items()},
             "prompts": prompts,
             "actions": np.stack(chunks),
-            "action_is_pad": np.stack(pads),
         }

@@ -32,8 +32,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from ript.envs.episode import Episode
 from ript.envs.observation import flip_image
-from ript.envs.pool import Episode
 from ript.files import atomic_output
 
 # How camera frames are stored (`frame_storage`; benchmarks/frame_storage.py measures them):
@@ -107,7 +107,6 @@ def write_shard(
     episodes: list[Episode],
     *,
     policy_id: str,
-    extra_attrs: dict[str, Any] | None = None,
     frame_codec: str = "gzip",
 ) -> pd.DataFrame:
     """Write episodes and their index atomically; return the index."""
@@ -127,8 +126,6 @@ def write_shard(
             f.attrs["format"] = FORMAT
             f.attrs["format_version"] = FORMAT_VERSION
             f.attrs["image_orientation"] = "flipped_180"
-            for key, value in (extra_attrs or {}).items():
-                f.attrs[key] = value
             data = f.create_group("data")
             total = 0
             for i, ep in enumerate(episodes):

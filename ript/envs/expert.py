@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ript.envs.pool import PolicyRequest
+from ript.envs.episode import PolicyRequest
 
 # OSC_POSE maps an action of 1 to 5 cm; a move of GAIN metres saturates the action.
 GAIN = 0.02

@@ -6,7 +6,6 @@ from typing import Any
 
 import numpy as np
 
-STATE_DIM = 8
 ACTION_DIM = 7
 # openpi's LIBERO dummy action: no motion, gripper open.
 DUMMY_ACTION = np.array([0.0] * 6 + [-1.0])

@@ -32,11 +32,12 @@ import traceback
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
+from ript.envs.episode import Episode, EpisodeSpec, PolicyRequest, RolloutPolicy
 from ript.envs.libero_env import LiberoEnv, make_env, prepare_process_environment
 from ript.envs.observation import ACTION_DIM
 
@@ -75,53 +76,6 @@ def usable_workers(requested: int, num_episodes: int) -> int:
     if usable < requested:
         log.warning("num_parallel_envs %d capped to %d: %s", requested, usable, ", ".join(limits))
     return usable
-
-
-@dataclass(frozen=True)
-class EpisodeSpec:
-    """Everything that decides an episode; the same spec always gives the same rollout."""
-
-    episode_index: int
-    suite: str
-    task_id: int
-    init_state_index: int | None  # None: seeded random reset
-    rollout_index: int  # k in 0..K-1 within its group
-    seed: int  # the policy's randomness in this episode
-    reset_seed: int  # the simulator's reset (shared by a group)
-    group_id: str  # rollouts sharing (task, init state): the RLOO group
-    record_video: bool = False
-
-
-@dataclass
-class PolicyRequest:
-    obs: dict[str, np.ndarray]
-    prompt: str
-    episode: EpisodeSpec
-    step: int  # policy steps already taken in this episode
-
-
-class RolloutPolicy(Protocol):
-    policy_id: str
-
-    def act(self, requests: list[PolicyRequest]) -> np.ndarray:
-        """Return action chunks of shape (len(requests), chunk_len, 7)."""
-
-
-@dataclass
-class Episode:
-    spec: EpisodeSpec
-    language: str
-    obs: dict[str, np.ndarray]  # each (T, ...), the observation before each action
-    actions: np.ndarray  # (T, 7)
-    rewards: np.ndarray  # (T,)
-    dones: np.ndarray  # (T,), 1 at the last step
-    states: np.ndarray  # (T, S) flattened simulator state before each action
-    success: bool
-    frames: list[np.ndarray] | None = None
-
-    @property
-    def length(self) -> int:
-        return len(self.actions)
 
 
 @dataclass
@@ -177,8 +131,6 @@ class RolloutStats:
     episodes: int = 0
     successes: int = 0
     env_steps: int = 0
-    policy_calls: int = 0
-    policy_seconds: float = 0.0
     wall_seconds: float = 0.0
     worker_restarts: int = 0
 
@@ -474,10 +426,7 @@ class EnvPool:
             PolicyRequest(w.buffer.obs[-1], w.buffer.language, w.buffer.spec, len(w.buffer.actions))
             for w in live
         ]
-        t0 = time.perf_counter()
         chunks = np.asarray(policy.act(requests), dtype=np.float64)
-        self.stats.policy_seconds += time.perf_counter() - t0
-        self.stats.policy_calls += 1
         if chunks.ndim != 3 or chunks.shape[0] != len(live) or chunks.shape[2] != ACTION_DIM:
             raise ValueError(
                 f"policy {policy.policy_id!r} returned actions of shape {chunks.shape}; "

@@ -7,7 +7,7 @@ from pathlib import Path
 import imageio.v2 as imageio
 import numpy as np
 
-from ript.envs.pool import Episode
+from ript.envs.episode import Episode
 from ript.files import atomic_output
 
 

@@ -19,14 +19,20 @@ from typing import Any
 
 import numpy as np
 
-from ript.collect import load_rollout_policy, parse_init_states, run_rollouts
+from ript.checkpoint import SETTINGS_FILE
 from ript.config import sampling_switches
 from ript.data.episode_store import write_shard
-from ript.envs.pool import Episode
+from ript.envs.episode import Episode
 from ript.envs.video import write_videos
 from ript.evaluation.metrics import success_summary
 from ript.files import claim, write_text_atomic
-from ript.rl.train import SETTINGS_FILE
+from ript.rollouts import load_rollout_policy, parse_init_states, run_rollouts
+
+
+def episode_key(episode: Episode) -> dict[str, Any]:
+    """What pairs an episode with another policy's run of it (`paired_counts`)."""
+    s = episode.spec
+    return {"task": s.task_id, "init_state": s.init_state_index, "rollout": s.rollout_index}
 
 
 def episode_metrics(episodes: list[Episode]) -> dict[str, Any]:
@@ -44,9 +50,7 @@ def episode_metrics(episodes: list[Episode]) -> dict[str, Any]:
         "per_task": {str(t): block([e for e in episodes if e.spec.task_id == t]) for t in tasks},
         "episodes": [
             {
-                "task": e.spec.task_id,
-                "init_state": e.spec.init_state_index,
-                "rollout": e.spec.rollout_index,
+                **episode_key(e),
                 "success": bool(e.success),
                 "length": e.length,
             }
@@ -115,7 +119,10 @@ def _evaluate(
     video_dir = Path(out).parent / "videos"
     if config["video_dir"]:  # one folder per policy: the grid's evaluations share file names
         video_dir = Path(config["video_dir"]) / re.sub(r"[^\w.=-]+", "_", policy.policy_id)
-    videos = write_videos(episodes, video_dir, config["video_fps"])
+    recorded = [e for e in episodes if e.frames]
+    videos = list(
+        zip(recorded, write_videos(recorded, video_dir, config["video_fps"]), strict=True)
+    )
     calls = getattr(policy, "inference_calls", 0)
     seconds = getattr(policy, "inference_seconds", 0.0)
     chunks = getattr(policy, "inference_chunks", 0)
@@ -139,7 +146,11 @@ def _evaluate(
             "max_episode_length": config["max_episode_length"],
             "replan_steps": config["replan_steps"],
         },
-        "videos": [str(path) for path in videos],
+        # each video with its episode, so a report can pick a success and a failure
+        "videos": [
+            {**episode_key(episode), "success": bool(episode.success), "path": str(path)}
+            for episode, path in videos
+        ],
         "env": {
             "env_steps": stats.env_steps,
             "wall_s": stats.wall_seconds,

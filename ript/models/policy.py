@@ -1,11 +1,7 @@
 """`Policy`: LIBERO observations in, 7-dim actions out, around the CFG pi0 model.
 
-A checkpoint directory holds what the policy needs and nothing is fetched from a hub:
-
-    config.json, model.safetensors   the CFG pi0 (cond settings in config.json)
-    tokenizer.json, ...              the prompt tokenizer (local files only)
-    norm_stats.json                  openpi format, unpadded dims
-    policy.json                      which observation keys feed the model, action dim, ...
+A checkpoint directory (its layout: `ript.checkpoint`) holds what the policy needs, and
+nothing is fetched from a hub.
 
 `from_pretrained` also accepts a stock transformers PI0 checkpoint (config.json with
 model_type "pi0") and adds fresh condition parameters that leave its velocity unchanged.
@@ -16,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,16 +23,17 @@ import torch
 import torch.nn.functional as F
 from transformers import PI0Config, PreTrainedTokenizerBase
 
-from ript.config import POLICY_FILE, SamplingSwitches, missing_files
+from ript.checkpoint import NORM_STATS_FILE, POLICY_FILE, has_tokenizer, missing_files
+from ript.config import SamplingSwitches
 from ript.data.norm_stats import MODES, NormStats
 from ript.files import write_text_atomic
+from ript.gpus import process_gpu
 from ript.models.cfg_pi0 import CFGPI0Config, CFGPI0ForConditionalGeneration
 from ript.models.graphs import GraphedSampler
 from ript.models.presets import num_image_tokens
-from ript.models.tokenizer import has_tokenizer, load_tokenizer
+from ript.models.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
-NORM_STATS_FILE = "norm_stats.json"
 
 
 class CheckpointError(ValueError):
@@ -286,24 +284,6 @@ class Policy:
             action_dim=self.settings.action_dim,
         )
 
-    def compute_loss(
-        self,
-        obs: dict[str, Any],
-        prompts: list[str],
-        actions: np.ndarray,
-        branches: list[torch.Tensor],
-        noise: torch.Tensor | None = None,
-        time: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Per-sample flow-matching losses (len(branches), B) for raw action chunks
-        (B, chunk, action_dim); both branches share one prefix pass."""
-        return self.model.compute_loss(
-            **self.loss_inputs(obs, prompts, actions),
-            branches=[b.to(self.device) for b in branches],
-            noise=noise,
-            time=time,
-        )
-
     # --- checkpoints ---------------------------------------------------------------------
 
     def save_pretrained(
@@ -430,11 +410,17 @@ def checkpoint_dtype(path: str | Path) -> torch.dtype:
 
 
 def resolve_device(name: str) -> torch.device:
-    """'auto' (CUDA when available), 'cpu' or 'cuda' (the config's `device`)."""
+    """'auto' (CUDA when available), 'cpu' or 'cuda' (the config's `device`). On CUDA: the
+    process's LOCAL_RANK under torchrun, else the least-used visible GPU (`ript.gpus`)."""
     if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
             raise ValueError("device 'cuda' requested but torch sees no CUDA device")
-        return torch.device("cuda", torch.cuda.current_device())
+        if "LOCAL_RANK" in os.environ:
+            index = int(os.environ["LOCAL_RANK"])
+        else:
+            index = process_gpu(torch.cuda.device_count())
+        torch.cuda.set_device(index)
+        return torch.device("cuda", index)
     return torch.device("cpu")
 
 

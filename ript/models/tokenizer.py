@@ -10,11 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # transformers is imported where used: the config check needs only files
+from ript.checkpoint import TOKENIZER_FILES, has_tokenizer
+
+if TYPE_CHECKING:  # transformers is imported where used (its import takes seconds)
     from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 SPECIAL_TOKENS = ["<pad>", "<eos>", "<bos>", "<unk>"]  # ids 0..3, PaliGemma's order
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
 
 
 def libero_instructions() -> list[str]:
@@ -47,10 +48,6 @@ def build_word_tokenizer(texts: list[str]) -> PreTrainedTokenizerFast:
         unk_token="<unk>",
         padding_side="right",
     )
-
-
-def has_tokenizer(path: str | Path) -> bool:
-    return any((Path(path) / name).is_file() for name in TOKENIZER_FILES)
 
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:

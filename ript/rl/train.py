@@ -43,10 +43,10 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from ript.collect import derive_seed
-from ript.config import checkpoint_chunk_size
+from ript.checkpoint import SETTINGS_FILE, checkpoint_chunk_size
 from ript.data.dataset import ChunkDataset, NoSuccessfulEpisodes
 from ript.data.norm_stats import NormStats
+from ript.envs.episode import derive_seed
 from ript.files import (
     atomic_output,
     claim,
@@ -93,7 +93,6 @@ METRIC_COLUMNS = [
     "nonfinite_steps",
 ]
 STATE_FILE = "trainer_state.pt"
-SETTINGS_FILE = "train_settings.json"  # also copied into the final policy directory
 
 
 class TrainingError(ValueError):

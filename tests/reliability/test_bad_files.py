@@ -12,8 +12,8 @@ from pathlib import Path
 import h5py
 import pandas as pd
 import pytest
-from micro import MICRO, run_micro
-from test_cli import run_ript
+from helpers import run_ript
+from micro import MICRO, MICRO_RUN, run_micro
 
 from ript.data.episode_store import read_index
 
@@ -113,7 +113,7 @@ def test_workflow_fails_in_the_reading_step_then_regenerates_the_removed_file(mi
         shutil.rmtree(path) if path.is_dir() else path.unlink()
     shard = res / "rollouts/task0_init1-2.h5"
     truncate(shard)
-    failed = run_micro(work)
+    failed = run_micro(work, **MICRO_RUN)
     assert failed.returncode != 0
     log = (res / "logs/label.log").read_text()
     assert "rollouts/task0_init1-2.h5" in log and "truncated or corrupt" in log, log[-2000:]
@@ -122,7 +122,7 @@ def test_workflow_fails_in_the_reading_step_then_regenerates_the_removed_file(mi
         p: p.stat().st_mtime_ns for p in (res / "rollouts/task0_init0-1.h5", res / "demos/task0.h5")
     }
     shard.unlink()
-    redone = run_micro(work)
+    redone = run_micro(work, **MICRO_RUN)
     assert redone.returncode == 0, redone.stderr[-3000:]
     assert len(read_index(shard)) == MICRO["rollouts_per_init"]  # regenerated whole
     assert {p: p.stat().st_mtime_ns for p in kept} == kept  # nothing else was redone

@@ -16,8 +16,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from helpers import run_ript
 from micro import sft_args
-from test_cli import run_ript
 
 pytestmark = pytest.mark.sim
 

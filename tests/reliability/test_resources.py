@@ -9,8 +9,8 @@ import time
 
 import pandas as pd
 import pytest
+from helpers import run_ript
 from micro import sft_args
-from test_cli import run_ript
 
 from ript.data.episode_store import read_index
 

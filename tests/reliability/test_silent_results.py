@@ -8,8 +8,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from helpers import run_ript
 from micro import MICRO, sft_args
-from test_cli import run_ript
 
 from ript.data.episode_store import read_index
 

@@ -14,13 +14,11 @@ from ript.config import (
 )
 from ript.resources import job_memory_mb
 
-# An experiment config given with --configfile is the whole story: it replaces the embedded
-# default (Snakemake would merge it into the default, so every key it leaves out would keep the
-# default's value instead of the schema's); --config overrides still apply on top.
+# An experiment config given with --configfile is the whole story: the Snakefile reads the
+# embedded default only without one (Snakemake would merge the two, so every key the experiment
+# leaves out would keep the default's value instead of the schema's); --config overrides still
+# apply on top.
 CONFIG_FILES = workflow.config_settings.configfiles or workflow.configfiles
-if workflow.config_settings.configfiles:
-    config.clear()
-    config.update(workflow.config_settings.overwrite_config)
 try:
     check_workflow_switches()
     for configfile in CONFIG_FILES:  # Snakemake's reader allows empty files, repeated keys

@@ -55,3 +55,19 @@ rule plots:
         "ript plots --table {input.table} --train-metrics {params.runs} "
         "--success-vs-cfg {output.success} --heatmap {output.heatmap} "
         "--training-curves {output.curves} > {log} 2>&1"
+
+
+rule videos:
+    input:
+        base=f"{RESULTS}/eval/base/metrics.json",
+        grid=evaluated_points,
+    output:
+        report(f"{RESULTS}/{{round}}videos.html", caption="../report/videos.rst", category="Videos"),
+    log:
+        f"{RESULTS}/logs/{{round}}videos.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/{{round}}videos.tsv"
+    conda:
+        ENV
+    shell:
+        "ript videos --metrics {input.base} {input.grid} --out {output} > {log} 2>&1"

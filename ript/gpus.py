@@ -1,0 +1,70 @@
+"""Which GPU a single-process job takes on a machine with several.
+
+Snakemake runs several jobs at once on one machine and says nothing about which GPU each
+should use; left alone, every job takes the first. On the two-H200 machine the GPU
+experiment's jobs all shared GPU 0 (90-100% busy while five collection jobs and an evaluation
+ran) while GPU 1 idled (docs/results/gpu_object/run2/usage.log). So each job registers in a
+directory shared by the machine's jobs and takes the GPU with the fewest live registrations.
+Where one GPU is visible (SLURM's allocation, CUDA_VISIBLE_DEVICES) this always gives 0, and
+torchrun's processes keep their LOCAL_RANK.
+"""
+
+from __future__ import annotations
+
+import atexit
+import fcntl
+import os
+import tempfile
+from pathlib import Path
+
+REGISTRY_ENV = "RIPT_GPU_REGISTRY"
+
+
+def registry_dir() -> Path:
+    default = Path(tempfile.gettempdir()) / f"ript-gpus-{os.getuid()}"
+    return Path(os.environ.get(REGISTRY_ENV) or default)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def claim_gpu(count: int, registry: Path | None = None, pid: int | None = None) -> int:
+    """The least-claimed of `count` GPUs (the lowest index on a tie), claimed for process
+    `pid` (default: this one) until it exits; claims of processes that died are dropped."""
+    if count <= 1:
+        return 0
+    registry = registry or registry_dir()
+    registry.mkdir(parents=True, exist_ok=True)
+    pid = os.getpid() if pid is None else pid
+    with open(registry / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        claims = [0] * count
+        for entry in registry.glob("gpu*-*"):
+            index, owner = (int(part) for part in entry.name[3:].split("-"))
+            if not _alive(owner):
+                entry.unlink(missing_ok=True)
+            elif index < count:
+                claims[index] += 1
+        index = claims.index(min(claims))
+        claim = registry / f"gpu{index}-{pid}"
+        claim.touch()
+    if pid == os.getpid():
+        atexit.register(claim.unlink, missing_ok=True)
+    return index
+
+
+_claimed: dict[int, int] = {}
+
+
+def process_gpu(count: int) -> int:
+    """`claim_gpu` for this process, once: every later call gives the same GPU."""
+    if count not in _claimed:
+        _claimed[count] = claim_gpu(count)
+    return _claimed[count]
