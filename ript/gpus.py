@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import atexit
 import fcntl
+import functools
 import os
 import tempfile
 from pathlib import Path
@@ -60,11 +61,7 @@ def claim_gpu(count: int, registry: Path | None = None, pid: int | None = None) 
     return index
 
 
-_claimed: dict[int, int] = {}
-
-
+@functools.cache
 def process_gpu(count: int) -> int:
     """`claim_gpu` for this process, once: every later call gives the same GPU."""
-    if count not in _claimed:
-        _claimed[count] = claim_gpu(count)
-    return _claimed[count]
+    return claim_gpu(count)

@@ -23,7 +23,7 @@ from ript.checkpoint import SETTINGS_FILE
 from ript.config import sampling_switches
 from ript.data.episode_store import write_shard
 from ript.envs.episode import Episode
-from ript.envs.video import write_videos
+from ript.envs.video import write_video
 from ript.evaluation.metrics import success_summary
 from ript.files import claim, write_text_atomic
 from ript.rollouts import load_rollout_policy, parse_init_states, run_rollouts
@@ -119,10 +119,7 @@ def _evaluate(
     video_dir = Path(out).parent / "videos"
     if config["video_dir"]:  # one folder per policy: the grid's evaluations share file names
         video_dir = Path(config["video_dir"]) / re.sub(r"[^\w.=-]+", "_", policy.policy_id)
-    recorded = [e for e in episodes if e.frames]
-    videos = list(
-        zip(recorded, write_videos(recorded, video_dir, config["video_fps"]), strict=True)
-    )
+    videos = [(e, write_video(e, video_dir, config["video_fps"])) for e in episodes if e.frames]
     calls = getattr(policy, "inference_calls", 0)
     seconds = getattr(policy, "inference_seconds", 0.0)
     chunks = getattr(policy, "inference_chunks", 0)
