@@ -89,6 +89,19 @@ def test_plan_leaves_what_the_target_has_and_walks_only_what_it_lacks():
     assert chosen.on_target["mujoco"] == everything["mujoco"]
 
 
+def test_an_extra_the_target_lacks_is_bundled_beside_the_distribution_it_has():
+    # ript asks for imageio[ffmpeg]; the H200 image has imageio without imageio-ffmpeg, and a
+    # bundle without it wrote videos through imageio's TIFF plugin (TypeError: fps)
+    everything = {
+        canonicalize_name(d.metadata["Name"]): d.version for d in metadata.distributions()
+    }
+    python = f"{sys.version_info.major}.{sys.version_info.minor}"
+    without_ffmpeg = {k: v for k, v in everything.items() if k != "imageio-ffmpeg"}
+    chosen = plan(without_ffmpeg, python)
+    assert set(chosen.include) == {"ript", "imageio-ffmpeg"}
+    assert chosen.on_target["imageio"] == everything["imageio"]
+
+
 def test_wheel_tags_that_travel_to_another_python():
     assert _portable("py3-none-any")
     assert _portable("py2.py3-none-manylinux_2_28_x86_64")  # glfw: a library, no CPython ABI

@@ -159,20 +159,28 @@ def plan(target: dict[str, str], python: str, extras: tuple[str, ...] = ()) -> P
         name = canonicalize_name(req.name)
         if name in result.include or name in result.on_target:
             continue
-        if name != ROOT_DISTRIBUTION and (version := _satisfied_on_target(req, target)):
-            result.on_target[name] = version
-            continue
+        on_target = name != ROOT_DISTRIBUTION and _satisfied_on_target(req, target)
+        if on_target:
+            result.on_target[name] = on_target
+            if not req.extras:
+                continue
         try:
             dist = metadata.distribution(name)
         except metadata.PackageNotFoundError:
-            result.missing[name] = str(req)
+            if not on_target:
+                result.missing[name] = str(req)
             continue
-        result.include[name] = dist
+        if not on_target:
+            result.include[name] = dist
         for text in dist.requires or []:
             child = Requirement(text)
-            if child.marker is None or any(
-                child.marker.evaluate(env | {"extra": extra}) for extra in ("", *req.extras)
-            ):
+            plain = child.marker is None or child.marker.evaluate(env | {"extra": ""})
+            extra_only = not plain and any(
+                child.marker.evaluate(env | {"extra": extra}) for extra in req.extras
+            )
+            # a distribution the target has still lacks what the requested extras add
+            # (imageio[ffmpeg] where the target has imageio alone: imageio-ffmpeg)
+            if extra_only or (plain and not on_target):
                 queue.append(child)
     return result
 
