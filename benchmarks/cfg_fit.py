@@ -28,6 +28,7 @@ from ript.data.episode_store import EpisodeReader
 from ript.models.cfg_pi0 import UNCOND, positive_label
 from ript.models.policy import Policy
 from ript.rl.train import cfg_samples
+from ript.settings import Model
 
 
 def episode_losses(
@@ -93,7 +94,7 @@ def main() -> None:
     torch.set_num_threads(2)
     config = load_config(args.config)
     obs_keys = config["state_keys"] + config["camera_keys"]
-    train = cfg_samples(args.labels, config)
+    train = cfg_samples(args.labels, Model.of(config))
     successes, failures = set(), set()
     for shard in args.heldout:
         reader = EpisodeReader(shard)

@@ -80,6 +80,7 @@ def run_setting(name: str, preset: str, device_name: str, out: Path) -> None:
     from ript.models.tokenizer import build_word_tokenizer
     from ript.rl.distributed import setup_distributed
     from ript.rl.train import Precision, Trainer, TrainSamples
+    from ript.settings import Optimisation
 
     gpus, precision, checkpointing, finetune, steps = SETTINGS[name]
     config = load_config(
@@ -126,8 +127,9 @@ def run_setting(name: str, preset: str, device_name: str, out: Path) -> None:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             trainer = Trainer(
-                policy, samples, config, mode="cfg", out=tmp, alpha_uncond=0.1,
-                rank=rank, world=world, progress=False,
+                policy, samples, Optimisation.of(config), mode="cfg", steps=steps,
+                learning_rate=config["learning_rate"], out=tmp, alpha_uncond=0.1, rank=rank,
+                world=world, progress=False,
             )  # fmt: skip
             start = None
             if world == 1:  # a copy on the CPU, so the GPU's peak is the training's own

@@ -17,6 +17,20 @@ import yaml
 from ript.config import ConfigError, load_config
 from ript.files import OutputBusyError, WriteError
 from ript.interrupt import Interrupted, install_interrupt_handlers
+from ript.settings import (
+    CfgSchedule,
+    Collection,
+    Evaluation,
+    Expert,
+    Grid,
+    Inference,
+    Labels,
+    Model,
+    Optimisation,
+    SftSchedule,
+    Simulation,
+    Videos,
+)
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -105,6 +119,13 @@ def _overrides(args: argparse.Namespace, keys: list[str]) -> dict[str, Any]:
     return {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
 
 
+def _policy_sections(policy: str, config: dict[str, Any]) -> dict[str, Expert | Inference]:
+    """The settings of the policy a rollout step runs: the expert's or a checkpoint's."""
+    return (
+        {"expert": Expert.of(config)} if policy == "expert" else {"inference": Inference.of(config)}
+    )
+
+
 def _run_collect(args: argparse.Namespace) -> None:
     from ript.collect import collect
     from ript.rollouts import per_task_success, summary_line
@@ -127,11 +148,14 @@ def _run_collect(args: argparse.Namespace) -> None:
         ),
     )
     episodes, stats = collect(
-        config,
+        Simulation.of(config),
+        Videos.of(config),
         policy_name=args.policy,
         out=args.out,
+        # the shard's own K (demonstrations) or the config's
+        rollouts_per_init=args.rollouts_per_init or Collection.of(config).rollouts_per_init,
+        **_policy_sections(args.policy, config),
         init_states=args.init_states,
-        rollouts_per_init=args.rollouts_per_init,
         cfg_scale=args.cfg_scale,
         progress=not args.no_progress,
     )
@@ -175,7 +199,7 @@ def _run_label(args: argparse.Namespace) -> None:
     from ript.rl.label import label
 
     config = load_config(args.config, _parse_settings(args.settings))
-    summary = label(config, args.rollouts, args.out)
+    summary = label(Labels.of(config), args.rollouts, args.out)
     print(f"label: {args.out}: {summary.line()}")
 
 
@@ -202,16 +226,23 @@ def _run_train(args: argparse.Namespace) -> None:
     from ript.rl.train import train
 
     config = load_config(args.config, _parse_settings(args.settings))
+    cond_mode, alpha_uncond = args.cond_mode or "bias", args.alpha_uncond or 0.0
+    if args.mode == "cfg" and (args.cond_mode is None or args.alpha_uncond is None):
+        grid = Grid.of(config)  # the grid's first point, where the command names none
+        cond_mode = args.cond_mode or grid.cond_mode[0]
+        alpha_uncond = grid.alpha_uncond[0] if args.alpha_uncond is None else args.alpha_uncond
+    schedule = SftSchedule.of(config) if args.mode == "sft" else CfgSchedule.of(config)
     final = train(
-        config,
-        mode=args.mode,
+        Model.of(config),
+        Optimisation.of(config),
+        schedule,
         out=args.out,
         demos=args.demos,
         labels=args.labels,
         init=args.init,
         norm_stats=args.norm_stats,
-        cond_mode=args.cond_mode,
-        alpha_uncond=args.alpha_uncond,
+        cond_mode=cond_mode,
+        alpha_uncond=alpha_uncond,
         resume=args.resume,
         progress=not args.no_progress,
     )
@@ -238,9 +269,12 @@ def _run_evaluate(args: argparse.Namespace) -> None:
 
     config = load_config(args.config, _parse_settings(args.settings))
     metrics = evaluate(
-        config,
+        Simulation.of(config),
+        Videos.of(config),
+        Evaluation.of(config),
         policy_name=args.policy,
         out=args.out,
+        **_policy_sections(args.policy, config),
         cfg_scale=args.cfg_scale,
         init_states=args.init_states,
         shard=args.shard,

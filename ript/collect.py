@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
 from ript.data.episode_store import write_shard
 from ript.envs.episode import Episode
@@ -12,39 +11,47 @@ from ript.envs.pool import RolloutStats
 from ript.envs.video import write_videos
 from ript.files import claim
 from ript.rollouts import load_rollout_policy, parse_init_states, run_rollouts
+from ript.settings import Expert, Inference, Simulation, Videos
 
 log = logging.getLogger(__name__)
 
 
 def collect(
-    config: dict[str, Any],
+    sim: Simulation,
+    videos: Videos,
     *,
     policy_name: str,
     out: str | Path,
+    rollouts_per_init: int,
+    expert: Expert | None = None,
+    inference: Inference | None = None,
     init_states: str = "train",
-    rollouts_per_init: int | None = None,
     cfg_scale: float | None = None,
     progress: bool = True,
 ) -> tuple[list[Episode], RolloutStats]:
-    """`rollouts_per_init` overrides the config's K for this shard (demonstrations,
-    evaluation), outside config validation, which insists on K >= 2 for RLOO."""
+    """`policy_name` 'expert' rolls out the scripted demonstrator (`expert` settings), else a
+    checkpoint directory (`inference` settings). `rollouts_per_init` is the config's K
+    (`Collection`) or this shard's own (demonstrations), outside config validation, which
+    insists on K >= 2 for RLOO."""
     out = Path(out)
-    if rollouts_per_init is not None and rollouts_per_init < 1:
+    if rollouts_per_init < 1:
         raise ValueError(f"--rollouts-per-init {rollouts_per_init}: expected >= 1")
-    init_range = parse_init_states(init_states, config)
+    init_range = parse_init_states(init_states, sim)
     with claim(out):
-        policy = load_rollout_policy(policy_name, config, cfg_scale)
+        policy = load_rollout_policy(
+            policy_name, expert=expert, inference=inference, cfg_scale=cfg_scale
+        )
         episodes, stats = run_rollouts(
-            config,
+            sim,
             policy,
             init_states=init_range,
-            rollouts_per_init=rollouts_per_init or config["rollouts_per_init"],
-            n_video=config["n_video"],
+            rollouts_per_init=rollouts_per_init,
+            videos=videos,
             progress=progress,
             desc=f"collect {out.name}",
         )
-        write_shard(out, episodes, policy_id=policy.policy_id, frame_codec=config["frame_storage"])
-        video_dir = Path(config["video_dir"]) if config["video_dir"] else out.parent / "videos"
-        for path in write_videos(episodes, video_dir, config["video_fps"]):
+        write_shard(out, episodes, policy_id=policy.policy_id, frame_codec=sim.frame_storage)
+        video_dir = Path(videos.video_dir) if videos.video_dir else out.parent / "videos"
+        for path in write_videos(episodes, video_dir, videos.video_fps):
             log.info("video: %s", path)
     return episodes, stats

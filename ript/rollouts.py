@@ -5,7 +5,6 @@ policy runs them (the expert or a checkpoint), the configured env pool, and thei
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
@@ -14,12 +13,13 @@ from ript.envs.episode import Episode, EpisodeSpec, RolloutPolicy, derive_seed
 from ript.envs.expert import ScriptedExpert
 from ript.envs.pool import EnvPool, RolloutStats, usable_workers
 from ript.envs.suites import NUM_FIXED_INIT_STATES, check_suite_task, max_episode_length
+from ript.settings import Expert, Inference, Simulation, Videos
 
 
-def parse_init_states(value: str, config: dict[str, Any]) -> tuple[int, int]:
+def parse_init_states(value: str, sim: Simulation) -> tuple[int, int]:
     """'train', 'eval' or 'START:STOP' (half-open) -> (start, stop)."""
     if value in ("train", "eval"):
-        start, stop = config[f"{value}_init_states"]
+        start, stop = sim.train_init_states if value == "train" else sim.eval_init_states
         return int(start), int(stop)
     try:
         start_s, stop_s = value.split(":")
@@ -30,9 +30,9 @@ def parse_init_states(value: str, config: dict[str, Any]) -> tuple[int, int]:
         ) from None
     if not 0 <= start < stop:
         raise ValueError(f"--init-states {value!r}: need 0 <= START < STOP")
-    if config["use_init_states"] and stop > NUM_FIXED_INIT_STATES:
+    if sim.use_init_states and stop > NUM_FIXED_INIT_STATES:
         raise ValueError(
-            f"--init-states {value!r}: {config['suite']} has {NUM_FIXED_INIT_STATES} fixed init "
+            f"--init-states {value!r}: {sim.suite} has {NUM_FIXED_INIT_STATES} fixed init "
             f"states (0..{NUM_FIXED_INIT_STATES - 1}); STOP must be <= {NUM_FIXED_INIT_STATES} "
             "(or set use_init_states: false for seeded random resets)"
         )
@@ -81,22 +81,29 @@ def episode_specs(
 
 def load_rollout_policy(
     name: str,
-    config: dict[str, Any],
+    *,
+    expert: Expert | None = None,
+    inference: Inference | None = None,
     cfg_scale: float | None = None,
     switches: SamplingSwitches | None = None,
 ) -> RolloutPolicy:
-    """'expert' (the scripted demonstrator) or a policy checkpoint directory, sampling at
-    `cfg_scale` (default: the checkpoint's own, see `PolicySettings.cfg_scale`) under the
-    PI0_* `switches` (default: read from the environment now)."""
+    """'expert' (the scripted demonstrator, with the `expert` settings) or a policy checkpoint
+    directory (run as `inference` says), sampling at `cfg_scale` (default: the checkpoint's
+    own, see `PolicySettings.cfg_scale`) under the PI0_* `switches` (default: read from the
+    environment now)."""
     if name == "expert":
-        return ScriptedExpert(config["expert_action_noise"], config["expert_grasp_offset"])
+        if expert is None:
+            raise ValueError("--policy expert: no expert settings given")
+        return ScriptedExpert(expert.expert_action_noise, expert.expert_grasp_offset)
     if not Path(name).is_dir():
         raise ValueError(f"--policy {name!r}: neither 'expert' nor a checkpoint directory")
+    if inference is None:
+        raise ValueError(f"--policy {name}: no inference settings given")
     import torch
 
     from ript.models.policy import Policy, default_dtype, resolve_device
 
-    device = resolve_device(config["device"])
+    device = resolve_device(inference.device)
     if device.type == "cpu":
         # The policy shares the cores with the env workers, and a batch of a few observations
         # gains nothing from intra-op threads (10 evaluation episodes: 67 instead of 78 CPU s).
@@ -106,27 +113,28 @@ def load_rollout_policy(
         device=device,
         dtype=default_dtype(device),
         cfg_scale=cfg_scale,
-        compile=config["compile"],
-        tokenizer_path=config["tokenizer_path"],
+        compile=inference.compile,
+        tokenizer_path=inference.tokenizer_path,
         switches=sampling_switches() if switches is None else switches,
     )
 
 
-def make_pool(config: dict[str, Any], num_episodes: int) -> EnvPool:
-    """The configured pool, with no more workers than the episodes, cores and memory serve."""
+def make_pool(sim: Simulation, num_episodes: int, render_source: str = "obs") -> EnvPool:
+    """The configured pool, with no more workers than the episodes, cores and memory serve;
+    `render_source` is where recorded episodes take their video frames from."""
     return EnvPool(
-        usable_workers(config["num_parallel_envs"], num_episodes),
-        max_episode_length=max_episode_length(config["suite"], config["max_episode_length"]),
-        num_steps_wait=config["num_steps_wait"],
-        replan_steps=config["replan_steps"],
-        cameras=config["cameras"],
-        image_size=config["image_size"],
-        privileged_object_state=config["privileged_object_state"],
-        render_source=config["render_source"],
-        env_create_retries=config["env_create_retries"],
-        worker_timeout_s=config["worker_timeout_s"],
-        engine=config["rollout_engine"],
-        max_wait_ms=config["max_wait_ms"],
+        usable_workers(sim.num_parallel_envs, num_episodes),
+        max_episode_length=max_episode_length(sim.suite, sim.max_episode_length),
+        num_steps_wait=sim.num_steps_wait,
+        replan_steps=sim.replan_steps,
+        cameras=sim.cameras,
+        image_size=sim.image_size,
+        privileged_object_state=sim.privileged_object_state,
+        render_source=render_source,
+        env_create_retries=sim.env_create_retries,
+        worker_timeout_s=sim.worker_timeout_s,
+        engine=sim.rollout_engine,
+        max_wait_ms=sim.max_wait_ms,
     )
 
 
@@ -156,28 +164,29 @@ def summary_line(stats: RolloutStats) -> str:
 
 
 def run_rollouts(
-    config: dict[str, Any],
+    sim: Simulation,
     policy: RolloutPolicy,
     *,
     init_states: tuple[int, int],
     rollouts_per_init: int,
-    n_video: int = 0,
+    videos: Videos | None = None,
     progress: bool = True,
     desc: str = "rollouts",
     keep_observations: bool = True,
 ) -> tuple[list[Episode], RolloutStats]:
     """K rollouts of `policy` per init state of the configured tasks, on a fresh env pool
-    (see `EnvPool.run` for `keep_observations`)."""
+    (see `EnvPool.run` for `keep_observations`), the first `videos.n_video` recorded."""
     specs = episode_specs(
-        suite=config["suite"],
-        tasks=config["tasks"],
+        suite=sim.suite,
+        tasks=list(sim.tasks),
         init_states=init_states,
         rollouts_per_init=rollouts_per_init,
-        seed=config["seed"],
-        use_init_states=config["use_init_states"],
-        n_video=n_video,
+        seed=sim.seed,
+        use_init_states=sim.use_init_states,
+        n_video=videos.n_video if videos else 0,
     )
-    with make_pool(config, len(specs)) as pool:
+    render_source = videos.render_source if videos else "obs"
+    with make_pool(sim, len(specs), render_source) as pool:
         episodes = pool.run(
             specs, policy, progress=progress, desc=desc, keep_observations=keep_observations
         )

@@ -4,6 +4,7 @@ import pytest
 
 from ript.config import validate
 from ript.rollouts import episode_specs, parse_init_states
+from ript.settings import Simulation
 
 
 def plan(**kw):
@@ -54,9 +55,10 @@ def test_videos_go_to_the_first_episodes():
 
 def test_init_state_ranges():
     config = validate({"train_init_states": [0, 20], "eval_init_states": [30, 50]})
-    assert parse_init_states("train", config) == (0, 20)
-    assert parse_init_states("eval", config) == (30, 50)
-    assert parse_init_states("5:9", config) == (5, 9)
+    sim = Simulation.of(config)
+    assert parse_init_states("train", sim) == (0, 20)
+    assert parse_init_states("eval", sim) == (30, 50)
+    assert parse_init_states("5:9", sim) == (5, 9)
     for bad in ("9:5", "a:b", "7", "-1:3"):
         with pytest.raises(ValueError, match="--init-states"):
-            parse_init_states(bad, config)
+            parse_init_states(bad, sim)

@@ -7,6 +7,7 @@ from rollouts import write_rollouts
 
 from ript.config import load_config
 from ript.rl.label import LABEL_COLUMNS, label, read_labels, read_rollouts
+from ript.settings import Labels
 
 GROUPS = {"g0": [True, False, False], "g1": [True, True, True], "g2": [False, True, True]}
 
@@ -18,7 +19,7 @@ def shard(tmp_path):
 
 def test_episode_labels_and_dynamic_sampling(shard, tmp_path):
     config = load_config(None, {"rollouts_per_init": 3})
-    summary = label(config, [shard], tmp_path / "l.parquet")
+    summary = label(Labels.of(config), [shard], tmp_path / "l.parquet")
     table, stored = read_labels(tmp_path / "l.parquet")
     assert stored == summary
     assert list(table.columns) == LABEL_COLUMNS
@@ -35,7 +36,7 @@ def test_episode_labels_and_dynamic_sampling(shard, tmp_path):
 
 def test_without_dynamic_sampling_every_group_stays(shard, tmp_path):
     config = load_config(None, {"dynamic_sampling": False})
-    summary = label(config, [shard], tmp_path / "l.parquet")
+    summary = label(Labels.of(config), [shard], tmp_path / "l.parquet")
     assert (summary.groups_kept, summary.rows) == (3, 9)
 
 
@@ -49,14 +50,16 @@ def test_window_rows_carry_discounted_advantages(shard, tmp_path):
             "weight_mode": "continuous",
         },
     )
-    label(config, [shard], tmp_path / "l.parquet")
+    label(Labels.of(config), [shard], tmp_path / "l.parquet")
     table, _ = read_labels(tmp_path / "l.parquet")
     first = table[(table["group_id"] == "g0") & (table["rollout_index"] == 0)]
     # 6 steps -> windows [0, 4), [4, 6); A = 1
     assert first[["step_start", "step_stop"]].values.tolist() == [[0, 4], [4, 6]]
     np.testing.assert_allclose(first["advantage"], [0.5**2, 1.0])
     steps = label(
-        load_config(None, {"label_granularity": "timestep", "weight_mode": "continuous"}),
+        Labels.of(
+            load_config(None, {"label_granularity": "timestep", "weight_mode": "continuous"})
+        ),
         [shard],
         tmp_path / "t.parquet",
     )

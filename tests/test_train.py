@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -28,6 +29,7 @@ from ript.rl.train import (
     lr_factor,
     train,
 )
+from ript.settings import CfgSchedule, Labels, Model, Optimisation, SftSchedule
 
 DIST_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 GROUPS = {"g0": [True, False, False], "g1": [False, True, False], "g2": [True, True, False]}
@@ -61,12 +63,13 @@ def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("train")
     shard = write_rollouts(root / "rollouts.h5", GROUPS, length=7)
     config = load_config(None, SETTINGS)
-    label(config, [shard], root / "labels.parquet")
+    label(Labels.of(config), [shard], root / "labels.parquet")
     stats, _ = compute_norm_stats([shard], ["state"])
     stats.save(root / "norm_stats.json")
     base = train(
-        config,
-        mode="sft",
+        Model.of(config),
+        Optimisation.of(config),
+        SftSchedule.of(config),
         out=root / "sft",
         demos=[str(shard)],
         norm_stats=str(root / "norm_stats.json"),
@@ -81,7 +84,7 @@ def make_trainer(data, tmp_path, alpha: float, **overrides) -> Trainer:
     config = load_config(None, SETTINGS | overrides)
     rank, world, device = setup_distributed("cpu")
     policy = build_policy(
-        config,
+        Model.of(config),
         mode="cfg",
         init=str(data["base"]),
         norm_stats=None,
@@ -89,12 +92,15 @@ def make_trainer(data, tmp_path, alpha: float, **overrides) -> Trainer:
         device=device,
         dtype=torch.float32,
     )
-    samples = cfg_samples(str(data["labels"]), config)
+    samples = cfg_samples(str(data["labels"]), Model.of(config))
+    schedule = CfgSchedule.of(config)
     return Trainer(
         policy,
         samples,
-        config,
+        Optimisation.of(config),
         mode="cfg",
+        steps=schedule.train_steps,
+        learning_rate=schedule.learning_rate,
         out=tmp_path / "run",
         alpha_uncond=alpha,
         progress=False,
@@ -178,11 +184,14 @@ def test_sft_keeps_the_condition_at_its_initial_zeros(data):
     assert (data["root"] / "sft/metrics.csv").read_text().count("\n") == 1 + 3
 
 
-def run_cfg(data, out, **overrides):
+def cfg_sections(**overrides) -> tuple[Model, Optimisation, CfgSchedule]:
     config = load_config(None, SETTINGS | overrides)
+    return Model.of(config), Optimisation.of(config), CfgSchedule.of(config)
+
+
+def run_cfg(data, out, **overrides):
     return train(
-        config,
-        mode="cfg",
+        *cfg_sections(**overrides),
         out=out,
         labels=str(data["labels"]),
         init=str(data["base"]),
@@ -216,10 +225,8 @@ def test_resume_reaches_the_weights_of_an_uninterrupted_run(data, tmp_path, monk
     assert not (tmp_path / "cut/policy").exists()
     for k in DIST_KEYS:
         os.environ.pop(k, None)
-    config = load_config(None, SETTINGS | settings)
     resumed = train(
-        config,
-        mode="cfg",
+        *cfg_sections(**settings),
         out=tmp_path / "cut",
         labels=str(data["labels"]),
         init=str(data["base"]),
@@ -252,7 +259,7 @@ def test_nonfinite_losses_are_skipped_counted_and_bounded(data, tmp_path, monkey
         assert torch.equal(value, before[key]), key  # the poisoned step changed nothing
     row = trainer.train_step()
     assert row["nonfinite_steps"] == 1 and np.isfinite(row["loss"])
-    trainer.config = trainer.config | {"max_nonfinite_steps": 1}
+    trainer.optim = dataclasses.replace(trainer.optim, max_nonfinite_steps=1)
     with pytest.raises(TrainingError, match="2 steps with a non-finite loss"):
         trainer.train_step()
 
@@ -292,13 +299,10 @@ def test_two_process_fsdp_equals_one_process_on_the_same_global_batch(data, tmp_
 
 
 def test_cfg_training_needs_a_base_and_labels(data, tmp_path):
-    config = load_config(None, SETTINGS)
     with pytest.raises(ValueError, match="--labels"):
-        train(config, mode="cfg", out=tmp_path, init=str(data["base"]))
+        train(*cfg_sections(), out=tmp_path, init=str(data["base"]))
     with pytest.raises(ValueError, match="--init: CFG training starts from a base"):
-        train(config, mode="cfg", out=tmp_path, labels=str(data["labels"]))
-    with pytest.raises(ValueError, match="--mode 'dpo'"):
-        train(config, mode="dpo", out=tmp_path)
+        train(*cfg_sections(), out=tmp_path, labels=str(data["labels"]))
 
 
 def test_mixed_precision_updates_like_fp32_where_pure_bf16_loses_the_update(data, tmp_path):

@@ -20,13 +20,14 @@ from typing import Any
 import numpy as np
 
 from ript.checkpoint import SETTINGS_FILE
-from ript.config import sampling_switches
+from ript.config import SamplingSwitches, sampling_switches
 from ript.data.episode_store import write_shard
-from ript.envs.episode import Episode
+from ript.envs.episode import Episode, RolloutPolicy
 from ript.envs.video import write_video
 from ript.evaluation.metrics import success_summary
 from ript.files import claim, write_text_atomic
 from ript.rollouts import load_rollout_policy, parse_init_states, run_rollouts
+from ript.settings import Evaluation, Expert, Inference, Simulation, Videos
 
 
 def episode_key(episode: Episode) -> dict[str, Any]:
@@ -80,46 +81,69 @@ def policy_settings(policy: Any, policy_dir: str) -> dict[str, Any]:
 
 
 def evaluate(
-    config: dict[str, Any],
+    sim: Simulation,
+    videos: Videos,
+    evaluation: Evaluation,
     *,
     policy_name: str,
     out: str | Path,
+    expert: Expert | None = None,
+    inference: Inference | None = None,
     cfg_scale: float | None = None,
     init_states: str = "eval",
     shard: str | Path | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Run the evaluation and write metrics.json to `out` (and the episodes to `shard`)."""
-    init_range = parse_init_states(init_states, config)
+    """Run the evaluation and write metrics.json to `out` (and the episodes to `shard`);
+    `policy_name` 'expert' evaluates the scripted demonstrator (`expert` settings), else a
+    checkpoint directory (`inference` settings)."""
+    init_range = parse_init_states(init_states, sim)
     with claim(out), claim(shard) if shard is not None else contextlib.nullcontext():
-        return _evaluate(config, policy_name, out, cfg_scale, init_range, shard, progress)
+        switches = sampling_switches()  # read once: the policy samples, metrics.json records
+        policy = load_rollout_policy(
+            policy_name, expert=expert, inference=inference, cfg_scale=cfg_scale, switches=switches
+        )
+        return _evaluate(
+            sim,
+            videos,
+            evaluation,
+            policy,
+            policy_name=policy_name,
+            out=out,
+            switches=switches,
+            init_range=init_range,
+            shard=shard,
+            progress=progress,
+        )
 
 
 def _evaluate(
-    config: dict[str, Any],
+    sim: Simulation,
+    videos: Videos,
+    evaluation: Evaluation,
+    policy: RolloutPolicy,
+    *,
     policy_name: str,
     out: str | Path,
-    cfg_scale: float | None,
+    switches: SamplingSwitches,
     init_range: tuple[int, int],
     shard: str | Path | None,
     progress: bool,
 ) -> dict[str, Any]:
-    switches = sampling_switches()  # read once: the policy samples, metrics.json records
-    policy = load_rollout_policy(policy_name, config, cfg_scale, switches)
     episodes, stats = run_rollouts(
-        config,
+        sim,
         policy,
         init_states=init_range,
-        rollouts_per_init=config["eval_rollouts_per_init"],
-        n_video=config["n_video"],
+        rollouts_per_init=evaluation.eval_rollouts_per_init,
+        videos=videos,
         progress=progress,
         keep_observations=shard is not None,
         desc=f"evaluate {Path(out).parent.name}",
     )
     video_dir = Path(out).parent / "videos"
-    if config["video_dir"]:  # one folder per policy: the grid's evaluations share file names
-        video_dir = Path(config["video_dir"]) / re.sub(r"[^\w.=-]+", "_", policy.policy_id)
-    videos = [(e, write_video(e, video_dir, config["video_fps"])) for e in episodes if e.frames]
+    if videos.video_dir:  # one folder per policy: the grid's evaluations share file names
+        video_dir = Path(videos.video_dir) / re.sub(r"[^\w.=-]+", "_", policy.policy_id)
+    written = [(e, write_video(e, video_dir, videos.video_fps)) for e in episodes if e.frames]
     calls = getattr(policy, "inference_calls", 0)
     seconds = getattr(policy, "inference_seconds", 0.0)
     chunks = getattr(policy, "inference_chunks", 0)
@@ -135,18 +159,18 @@ def _evaluate(
             "policy_id": policy.policy_id,
             **policy_settings(policy, policy_name),
             "env_switches": dict(switches.set_variables),
-            "seed": config["seed"],
-            "suite": config["suite"],
-            "tasks": config["tasks"],
+            "seed": sim.seed,
+            "suite": sim.suite,
+            "tasks": list(sim.tasks),
             "init_states": list(init_range),
-            "rollouts_per_init": config["eval_rollouts_per_init"],
-            "max_episode_length": config["max_episode_length"],
-            "replan_steps": config["replan_steps"],
+            "rollouts_per_init": evaluation.eval_rollouts_per_init,
+            "max_episode_length": sim.max_episode_length,
+            "replan_steps": sim.replan_steps,
         },
         # each video with its episode, so a report can pick a success and a failure
         "videos": [
             {**episode_key(episode), "success": bool(episode.success), "path": str(path)}
-            for episode, path in videos
+            for episode, path in written
         ],
         "env": {
             "env_steps": stats.env_steps,
@@ -155,9 +179,7 @@ def _evaluate(
         },
     }
     if shard is not None:
-        write_shard(
-            shard, episodes, policy_id=policy.policy_id, frame_codec=config["frame_storage"]
-        )
+        write_shard(shard, episodes, policy_id=policy.policy_id, frame_codec=sim.frame_storage)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out, json.dumps(metrics, indent=2) + "\n")
     return metrics

@@ -12,7 +12,6 @@ import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -30,6 +29,7 @@ from ript.rl.advantages import (
     span_advantage,
     spans,
 )
+from ript.settings import Labels
 
 EPISODE_COLUMNS = [  # copied from the episode index
     "shard",
@@ -82,24 +82,22 @@ def read_rollouts(shards: list[str | Path]) -> pd.DataFrame:
     return episodes
 
 
-def label_rollouts(
-    episodes: pd.DataFrame, config: dict[str, Any]
-) -> tuple[pd.DataFrame, LabelSummary]:
-    """The label table for the config's reward, weights, granularity and dynamic sampling."""
-    horizon = max_episode_length(config["suite"], config["max_episode_length"])
-    rewards = REWARDS[config["reward"]](episodes, horizon)
+def label_rollouts(episodes: pd.DataFrame, labels: Labels) -> tuple[pd.DataFrame, LabelSummary]:
+    """The label table for the reward, weights, granularity and dynamic sampling of `labels`."""
+    horizon = max_episode_length(labels.suite, labels.max_episode_length)
+    rewards = REWARDS[labels.reward](episodes, horizon)
     groups = episodes["group_id"].to_numpy()
     advantages = rloo_advantages(rewards, groups)
     keep = (
         informative_groups(rewards, groups)
-        if config["dynamic_sampling"]
+        if labels.dynamic_sampling
         else np.ones(len(rewards), dtype=bool)
     )
     rows = []
     for i in episodes.index[keep]:
         ep = episodes.loc[i]
         length = int(ep["length"])
-        for start, stop in spans(length, config["label_granularity"], config["window_size"]):
+        for start, stop in spans(length, labels.label_granularity, labels.window_size):
             rows.append(
                 {
                     **{k: ep[k] for k in EPISODE_COLUMNS},
@@ -111,18 +109,18 @@ def label_rollouts(
                         advantages[i],
                         length,
                         stop,
-                        config["label_granularity"],
-                        config["label_discount"],
+                        labels.label_granularity,
+                        labels.label_discount,
                     ),
                 }
             )
     table = pd.DataFrame(rows, columns=EPISODE_COLUMNS + SPAN_COLUMNS)
     table["w_pos"] = positive_weights(
         table["advantage"].to_numpy(),
-        config["weight_mode"],
-        normalization=config["advantage_normalization"],
-        temperature=config["advantage_temperature"],
-        clip_quantile=config["advantage_clip_quantile"],
+        labels.weight_mode,
+        normalization=labels.advantage_normalization,
+        temperature=labels.advantage_temperature,
+        clip_quantile=labels.advantage_clip_quantile,
     )
     table["is_positive"] = table["advantage"] > 0
     summary = LabelSummary(
@@ -167,8 +165,8 @@ def read_labels(path: str | Path) -> tuple[pd.DataFrame, LabelSummary]:
     return table, summary
 
 
-def label(config: dict[str, Any], shards: list[str | Path], out: str | Path) -> LabelSummary:
+def label(labels: Labels, shards: list[str | Path], out: str | Path) -> LabelSummary:
     with claim(out):
-        table, summary = label_rollouts(read_rollouts(shards), config)
+        table, summary = label_rollouts(read_rollouts(shards), labels)
         write_labels(table, summary, out)
     return summary

@@ -77,6 +77,7 @@ from ript.rl.distributed import (
     shard,
 )
 from ript.rl.label import read_labels
+from ript.settings import CfgSchedule, Model, Optimisation, Section, SftSchedule
 
 log = logging.getLogger(__name__)
 MODES = ("sft", "cfg")
@@ -108,13 +109,13 @@ class TrainSamples:
     is_positive: np.ndarray  # (N,) bool
 
 
-def sft_samples(shards: list[str], config: dict[str, Any]) -> TrainSamples:
+def sft_samples(shards: list[str], model: Model, schedule: SftSchedule) -> TrainSamples:
     try:
         dataset = ChunkDataset(
             shards,
-            chunk_size=config["chunk_size"],
-            obs_keys=config["state_keys"] + config["camera_keys"],
-            only_successful=config["sft_only_successful"],
+            chunk_size=model.chunk_size,
+            obs_keys=[*model.state_keys, *model.camera_keys],
+            only_successful=schedule.sft_only_successful,
         )
     except NoSuccessfulEpisodes as e:
         raise ValueError(
@@ -133,7 +134,7 @@ NO_SIGNAL_ADVICE = (
 )
 
 
-def cfg_samples(labels_path: str, config: dict[str, Any]) -> TrainSamples:
+def cfg_samples(labels_path: str, model: Model) -> TrainSamples:
     """Every step of the labelled episodes, weighted by the span of the table it falls in.
 
     A table without a single positive label is refused: the positive branch would learn
@@ -152,8 +153,8 @@ def cfg_samples(labels_path: str, config: dict[str, Any]) -> TrainSamples:
         )
     dataset = ChunkDataset(
         sorted(table["shard"].unique()),
-        chunk_size=config["chunk_size"],
-        obs_keys=config["state_keys"] + config["camera_keys"],
+        chunk_size=model.chunk_size,
+        obs_keys=[*model.state_keys, *model.camera_keys],
         episodes=set(zip(table["shard"], table["demo"], strict=True)),
     )
     spans = {
@@ -217,9 +218,11 @@ class Trainer:
         self,
         policy: Policy,
         samples: TrainSamples,
-        config: dict[str, Any],
+        optim: Optimisation,
         *,
         mode: str,
+        steps: int,
+        learning_rate: float,
         out: str | Path,
         alpha_uncond: float = 0.0,
         rank: int = 0,
@@ -232,18 +235,18 @@ class Trainer:
         the final policy is saved in `save_dtype` (checkpoints keep the training dtype)."""
         if mode not in MODES:
             raise ValueError(f"mode {mode!r}: expected one of {MODES}")
-        self.policy, self.samples, self.config, self.mode = policy, samples, config, mode
+        self.policy, self.samples, self.optim, self.mode = policy, samples, optim, mode
         self.out = Path(out)
         self.alpha_uncond = alpha_uncond if mode == "cfg" else 0.0
         self.rank, self.world, self.progress = rank, world, progress
         self.identity = identity
         self.save_dtype = save_dtype
-        self.steps = config["sft_steps"] if mode == "sft" else config["train_steps"]
-        self.batch_size = min(config["batch_size"], len(samples.dataset))
-        if self.batch_size < config["batch_size"]:
+        self.steps = steps
+        self.batch_size = min(optim.batch_size, len(samples.dataset))
+        if self.batch_size < optim.batch_size:
             log.warning(
                 "batch_size %d is larger than the %d training samples; using batches of %d",
-                config["batch_size"],
+                optim.batch_size,
                 len(samples.dataset),
                 self.batch_size,
             )
@@ -256,23 +259,23 @@ class Trainer:
         if mode == "sft":
             for p in condition_parameters(policy):
                 p.requires_grad_(False)
-        self.precision = Precision.resolve(config["precision"], policy.device)
+        self.precision = Precision.resolve(optim.precision, policy.device)
         if self.precision.name == "bf16":
             log.warning(
                 "precision: bf16 updates bf16 weights in place; at learning rates like pi0's "
                 "2.5e-5 most updates round away. Use mixed unless memory forces bf16"
             )
-        self.lora = config["finetune"] == "lora"
+        self.lora = optim.finetune == "lora"
         if self.lora:
             trainable = add_lora(
                 model,
-                config["lora_rank"],
-                config["lora_expert_rank"],
-                seed=config["seed"],
+                optim.lora_rank,
+                optim.lora_expert_rank,
+                seed=optim.seed,
                 frozen_dtype=self.precision.frozen_dtype,
             )
             log.info("LoRA: %d trainable parameters", trainable)
-        if config["activation_checkpointing"]:
+        if optim.activation_checkpointing:
             enable_activation_checkpointing(model)
         if world > 1:
             shard(model, policy.device)
@@ -280,16 +283,16 @@ class Trainer:
         self.params = [p for _, p in self.named_params]
         self.optimizer = torch.optim.AdamW(
             self.params,
-            lr=config["sft_learning_rate"] if mode == "sft" else config["learning_rate"],
-            betas=tuple(config["adam_betas"]),
-            weight_decay=config["weight_decay"],
+            lr=learning_rate,
+            betas=optim.adam_betas,
+            weight_decay=optim.weight_decay,
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
-            lambda s: lr_factor(s, config["warmup_steps"], self.steps, config["final_lr_ratio"]),
+            lambda s: lr_factor(s, optim.warmup_steps, self.steps, optim.final_lr_ratio),
         )
-        decay = config["ema_decay"]
-        self.ema = [p.detach().clone() for p in self.params] if decay is not None else None
+        tracked = optim.ema_decay is not None
+        self.ema = [p.detach().clone() for p in self.params] if tracked else None
         self.step = 0
         self.nonfinite = 0
         self.metrics: MetricsLog | None = None
@@ -298,11 +301,11 @@ class Trainer:
 
     def draw(self, step: int) -> dict[str, Any]:
         """The global batch of `step` (rows, dropout, time, noise); independent of rank."""
-        c, model_config = self.config, self.policy.model.config
-        rng = np.random.default_rng(derive_seed(c["seed"], step, MODES.index(self.mode)))
+        model_config = self.policy.model.config
+        rng = np.random.default_rng(derive_seed(self.optim.seed, step, MODES.index(self.mode)))
         batch = self.batch_size
         rows = rng.integers(0, len(self.samples.dataset), size=batch)
-        dropped = rng.random(batch) < c["p_uncond"]
+        dropped = rng.random(batch) < self.optim.p_uncond
         flow_time = (
             rng.beta(
                 model_config.time_sampling_beta_alpha,
@@ -357,7 +360,7 @@ class Trainer:
         objective, pos_sum, uncond_sum, weight_sum = self.losses(self.step)
         objective.backward()
         grad_norm = full_tensor(
-            torch.nn.utils.clip_grad_norm_(self.params, self.config["grad_clip_norm"])
+            torch.nn.utils.clip_grad_norm_(self.params, self.optim.grad_clip_norm)
         )
         batch = self.batch_size
         loss_uncond = float(uncond_sum) / batch
@@ -370,10 +373,10 @@ class Trainer:
         else:
             self.nonfinite += 1
             log.warning("step %d: non-finite loss %s; skipped", self.step, loss)
-            if self.nonfinite > self.config["max_nonfinite_steps"]:
+            if self.nonfinite > self.optim.max_nonfinite_steps:
                 raise TrainingError(
                     f"{self.nonfinite} steps with a non-finite loss (max_nonfinite_steps="
-                    f"{self.config['max_nonfinite_steps']}); last at step {self.step}. Lower "
+                    f"{self.optim.max_nonfinite_steps}); last at step {self.step}. Lower "
                     "the learning rate or check the data and norm stats"
                 )
         with warnings.catch_warnings():  # a skipped step still advances the schedule
@@ -396,7 +399,7 @@ class Trainer:
     def update_ema(self) -> None:
         if self.ema is None:
             return
-        decay = self.config["ema_decay"]
+        decay = self.optim.ema_decay
         for e, p in zip(self.ema, self.params, strict=True):
             e.mul_(decay).add_(p.detach(), alpha=1 - decay)
 
@@ -512,7 +515,7 @@ class Trainer:
         dist.barrier()
         resumed = self.resume() if resume else None
         self.metrics = MetricsLog.restore(self.out / METRICS_FILE, resumed, self.step)
-        every = self.config["checkpoint_every"]
+        every = self.optim.checkpoint_every
         bar = tqdm(
             total=self.steps,
             initial=self.step,
@@ -567,10 +570,11 @@ class Trainer:
         return final
 
 
-def run_identity(config: dict[str, Any], inputs: list[str | None], **run: Any) -> str:
-    """What a checkpoint must have been trained with to be resumed: the config, the run's
-    own settings and its input files by path, size and modification time (a regenerated
-    input is a new input)."""
+def run_identity(sections: list[Section], inputs: list[str | None], **run: Any) -> str:
+    """What a checkpoint must have been trained with to be resumed: the settings of the
+    run's sections, its own settings and its input files by path, size and modification time
+    (a regenerated input is a new input)."""
+    config = {type(section).__name__: section.as_dict() for section in sections}
     files = []
     for name in filter(None, inputs):
         path = Path(name)
@@ -632,7 +636,7 @@ class MetricsLog:
 
 
 def build_policy(
-    config: dict[str, Any],
+    model: Model,
     *,
     mode: str,
     init: str | None,
@@ -652,8 +656,8 @@ def build_policy(
             dtype=dtype,
             cfg_scale=1.0,  # training never guides; a chosen init's scale is not inherited
             cond_mode=cond_mode,
-            label_scheme=config["label_scheme"],
-            tokenizer_path=config["tokenizer_path"],
+            label_scheme=model.label_scheme,
+            tokenizer_path=model.tokenizer_path,
         )
     if mode == "cfg":
         raise ValueError("--init: CFG training starts from a base checkpoint")
@@ -661,79 +665,79 @@ def build_policy(
         raise ValueError("--norm-stats: a policy trained from scratch needs norm stats")
     stats = NormStats.load(norm_stats)
     settings = PolicySettings(
-        state_keys=config["state_keys"],
-        camera_keys=config["camera_keys"],
-        num_camera_slots=3 if config["camera_keys"] else 0,
-        normalization=config["normalization"],
-        num_steps=config["num_inference_steps"],
+        state_keys=list(model.state_keys),
+        camera_keys=list(model.camera_keys),
+        num_camera_slots=3 if model.camera_keys else 0,
+        normalization=model.normalization,
+        num_steps=model.num_inference_steps,
     )
     policy = new_policy(
-        config["preset"],
+        model.preset,
         stats,
         settings,
         cond_mode=cond_mode,
-        label_scheme=config["label_scheme"],
-        chunk_size=config["chunk_size"],
-        max_state_dim=config["max_state_dim"],
-        max_action_dim=config["max_action_dim"],
-        seed=config["seed"],
+        label_scheme=model.label_scheme,
+        chunk_size=model.chunk_size,
+        max_state_dim=model.max_state_dim,
+        max_action_dim=model.max_action_dim,
+        seed=model.seed,
     )
     policy.model.to(device, dtype)
     return policy
 
 
 def train(
-    config: dict[str, Any],
+    model: Model,
+    optim: Optimisation,
+    schedule: SftSchedule | CfgSchedule,
     *,
-    mode: str,
     out: str | Path,
     demos: list[str] | None = None,
     labels: str | None = None,
     init: str | None = None,
     norm_stats: str | None = None,
-    cond_mode: str | None = None,
-    alpha_uncond: float | None = None,
+    cond_mode: str = "bias",
+    alpha_uncond: float = 0.0,
     resume: bool = False,
     progress: bool = True,
 ) -> Path:
-    """Build the data and the policy, train, return the final policy directory."""
-    if mode == "sft":
+    """Build the data and the policy, train, return the final policy directory: the SFT
+    bootstrap on `demos` with an `SftSchedule`, CFG training on `labels` with a
+    `CfgSchedule`."""
+    if isinstance(schedule, SftSchedule):
         # the base trains with its condition parameters frozen at zero, so no grid key enters
         # it: CFG training in another cond_mode replaces them by fresh ones
-        cond_mode, alpha_uncond = cond_mode or "bias", 0.0
+        mode, alpha_uncond = "sft", 0.0
+        steps, learning_rate = schedule.sft_steps, schedule.sft_learning_rate
     else:
-        cond_mode = cond_mode or config["cond_mode"][0]
-        alpha_uncond = config["alpha_uncond"][0] if alpha_uncond is None else alpha_uncond
+        mode, steps, learning_rate = "cfg", schedule.train_steps, schedule.learning_rate
     if alpha_uncond < 0:
         raise ValueError(f"--alpha-uncond {alpha_uncond}: expected >= 0")
-    chunk_size = config["chunk_size"]
     saved = checkpoint_chunk_size(init) if init is not None else None
-    if saved is not None and saved != chunk_size:
+    if saved is not None and saved != model.chunk_size:
         raise ValueError(
             f"--init {init}: the checkpoint predicts chunks of {saved} actions (its "
-            f"config.json chunk_size) but the config's chunk_size is {chunk_size}; set "
+            f"config.json chunk_size) but the config's chunk_size is {model.chunk_size}; set "
             f"chunk_size: {saved}"
         )
     if mode == "sft":
         if not demos:
             raise ValueError("--demos: SFT needs demonstration shards")
-        samples = sft_samples(demos, config)
-    elif mode == "cfg":
+        samples = sft_samples(demos, model, schedule)
+    else:
         if labels is None:
             raise ValueError("--labels: CFG training needs a label table (ript label)")
-        samples = cfg_samples(labels, config)
-    else:
-        raise ValueError(f"--mode {mode!r}: expected one of {MODES}")
+        samples = cfg_samples(labels, model)
     save_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(
-        config["save_dtype"], checkpoint_dtype(init) if init is not None else torch.float32
+        optim.save_dtype, checkpoint_dtype(init) if init is not None else torch.float32
     )
-    rank, world, device = setup_distributed(config["device"])
-    precision = Precision.resolve(config["precision"], device)
+    rank, world, device = setup_distributed(optim.device)
+    precision = Precision.resolve(optim.precision, device)
     try:
         # only rank 0 writes; it holds the run directory against a second run into it
         with claim(out) if rank == 0 else contextlib.nullcontext():
             policy = build_policy(
-                config,
+                model,
                 mode=mode,
                 init=init,
                 norm_stats=norm_stats,
@@ -744,15 +748,17 @@ def train(
             trainer = Trainer(
                 policy,
                 samples,
-                config,
+                optim,
                 mode=mode,
+                steps=steps,
+                learning_rate=learning_rate,
                 out=out,
                 alpha_uncond=alpha_uncond,
                 rank=rank,
                 world=world,
                 progress=progress,
                 identity=run_identity(
-                    config,
+                    [model, optim, schedule],
                     [*(demos or []), labels, init, norm_stats],
                     mode=mode,
                     cond_mode=cond_mode,
@@ -772,8 +778,8 @@ def train(
                     batch_size=trainer.batch_size,
                     precision=precision.name,
                     save_dtype=str(save_dtype).removeprefix("torch."),
-                    finetune=config["finetune"],
-                    activation_checkpointing=config["activation_checkpointing"],
+                    finetune=optim.finetune,
+                    activation_checkpointing=optim.activation_checkpointing,
                     world_size=world,
                     parallel="fsdp2" if world > 1 else "none",
                     device=str(device),

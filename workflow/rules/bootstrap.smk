@@ -9,9 +9,7 @@ rule bootstrap:
         policy=directory(f"{RESULTS}/base/policy"),
         metrics=f"{RESULTS}/base/metrics.csv",
     params:
-        settings=settings(
-            MODEL_KEYS + OPTIM_KEYS + ["sft_steps", "sft_learning_rate", "sft_only_successful"]
-        ),
+        settings=settings(Model, Optimisation, SftSchedule),
         out=lambda wildcards, output: str(Path(output.metrics).parent),
         train=TRAIN,
     log:

@@ -10,7 +10,11 @@ rule collect:
         index=f"{RESULTS}/{{round}}rollouts/task{{task}}_init{{start}}-{{stop}}.index.parquet",
     params:
         settings=lambda wildcards: settings(
-            ENV_KEYS + VIDEO_KEYS + ["rollouts_per_init", "device", "compile", "tokenizer_path"],
+            Simulation,
+            Videos,
+            Inference,
+            Collection,
+            exclude=["num_parallel_envs"],
             tasks=[int(wildcards.task)],
             seed=config["seed"] + round_number(wildcards) - 1,
         ),

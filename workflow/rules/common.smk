@@ -13,6 +13,20 @@ from ript.config import (
     validate,
 )
 from ript.resources import job_memory_mb
+from ript.settings import (
+    CfgSchedule,
+    Collection,
+    Evaluation,
+    Expert,
+    Inference,
+    Labels,
+    Model,
+    Optimisation,
+    SftSchedule,
+    Simulation,
+    Videos,
+    section_keys,
+)
 
 # An experiment config given with --configfile is the whole story: the Snakefile reads the
 # embedded default only without one (Snakemake would merge the two, so every key the experiment
@@ -49,47 +63,22 @@ def mem_mb(rule):
     return job_memory_mb(config, rule)
 
 
-def settings(keys, **fixed):
-    """`--set key=value` arguments for the config keys that a job depends on.
+def settings(*sections, exclude=(), **fixed):
+    """`--set key=value` arguments for the config keys of the step's `sections`
+    (ript/settings.py): every key the step can read, so none silently takes the schema's
+    default inside the job. `exclude` leaves out keys the rule hands over otherwise (e.g.
+    num_parallel_envs as {threads}); `fixed` sets a key per job (a collection's task).
 
     Passing them as params (not the whole config file) makes Snakemake rerun a job only
     when one of its own keys changes.
     """
+    keys = section_keys(*sections, exclude=exclude)
     values = {key: config[key] for key in keys} | fixed
     return " ".join(
         f"--set {shlex.quote(f'{key}={json.dumps(value)}')}"
         for key, value in values.items()
     )
 
-
-# Keys that decide how an episode is simulated.
-ENV_KEYS = [
-    "suite", "cameras", "image_size", "frame_storage", "privileged_object_state",
-    "num_steps_wait", "max_episode_length", "replan_steps", "use_init_states", "train_init_states",
-    "eval_init_states", "env_create_retries", "worker_timeout_s", "rollout_engine",
-    "max_wait_ms", "seed",
-]
-# Keys that decide a fresh model and how it reads observations (with the observation keys
-# that camera_keys and state_keys are checked against).
-MODEL_KEYS = [
-    "preset", "state_keys", "camera_keys", "cameras", "privileged_object_state", "chunk_size",
-    "max_state_dim", "max_action_dim", "normalization", "num_inference_steps", "label_scheme",
-    "seed", "tokenizer_path",
-]
-# Keys of the optimisation, shared by the SFT bootstrap and CFG training.
-OPTIM_KEYS = [
-    "batch_size", "warmup_steps", "final_lr_ratio", "weight_decay", "adam_betas",
-    "grad_clip_norm", "ema_decay", "p_uncond", "checkpoint_every", "max_nonfinite_steps",
-    "device", "seed", "precision", "save_dtype", "finetune", "lora_rank", "lora_expert_rank",
-    "activation_checkpointing",
-]
-# Keys of the videos a rollout job saves.
-VIDEO_KEYS = ["n_video", "video_dir", "render_source", "video_fps"]
-LABEL_KEYS = [
-    "suite", "max_episode_length", "reward", "weight_mode", "advantage_normalization",
-    "advantage_temperature", "advantage_clip_quantile", "label_granularity", "window_size",
-    "label_discount", "dynamic_sampling", "rollouts_per_init",
-]
 
 # The grid: training per (cond_mode, alpha_uncond), evaluation also per cfg_scale.
 COND_MODES = config["cond_mode"]

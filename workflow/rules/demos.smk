@@ -7,7 +7,10 @@ rule demos:
         index=f"{RESULTS}/demos/task{{task}}.index.parquet",
     params:
         settings=lambda wildcards: settings(
-            ENV_KEYS + VIDEO_KEYS + ["expert_action_noise", "expert_grasp_offset"],
+            Simulation,
+            Videos,
+            Expert,
+            exclude=["num_parallel_envs"],
             tasks=[int(wildcards.task)],
         ),
         per_init=config["demos_per_init"],

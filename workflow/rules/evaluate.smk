@@ -1,8 +1,7 @@
 # Success on the evaluation init states: every grid point at every cfg_scale, and the base.
 
-EVAL_KEYS = ENV_KEYS + VIDEO_KEYS + [
-    "tasks", "eval_rollouts_per_init", "num_parallel_envs", "compile", "device", "tokenizer_path",
-]
+# evaluations pass num_parallel_envs with the rest (threads follow the config)
+EVAL_SECTIONS = (Simulation, Videos, Inference, Evaluation)
 
 
 rule evaluate:
@@ -11,7 +10,7 @@ rule evaluate:
     output:
         f"{RESULTS}/{{round}}eval/{{cond_mode}}_a{{alpha}}/cfg{{cfg}}/metrics.json",
     params:
-        settings=settings(EVAL_KEYS),
+        settings=settings(*EVAL_SECTIONS),
     log:
         f"{RESULTS}/logs/{{round}}eval/{{cond_mode}}_a{{alpha}}_cfg{{cfg}}.log",
     benchmark:
@@ -33,7 +32,7 @@ rule evaluate_base:
     output:
         f"{RESULTS}/eval/base/metrics.json",
     params:
-        settings=settings(EVAL_KEYS),
+        settings=settings(*EVAL_SECTIONS),
     log:
         f"{RESULTS}/logs/eval/base.log",
     benchmark:

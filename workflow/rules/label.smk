@@ -7,7 +7,7 @@ rule label:
     output:
         f"{RESULTS}/{{round}}labels.parquet",
     params:
-        settings=settings(LABEL_KEYS),
+        settings=settings(Labels),
     log:
         f"{RESULTS}/logs/{{round}}label.log",
     benchmark:

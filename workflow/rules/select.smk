@@ -10,7 +10,7 @@ rule evaluate_selection:
         f"{RESULTS}/{{round}}select/{{stage}}/{{cond_mode}}_a{{alpha}}/cfg{{cfg}}/metrics.json",
     params:
         settings=settings(
-            EVAL_KEYS, eval_rollouts_per_init=config["select_rollouts_per_init"]
+            *EVAL_SECTIONS, eval_rollouts_per_init=config["select_rollouts_per_init"]
         ),
         init_states=lambda wildcards: ":".join(
             map(str, config[f"{wildcards.stage}_init_states"])
@@ -77,7 +77,7 @@ rule evaluate_chosen:
     output:
         f"{RESULTS}/{{round}}eval/chosen/metrics.json",
     params:
-        settings=settings(EVAL_KEYS),
+        settings=settings(*EVAL_SECTIONS),
     log:
         f"{RESULTS}/logs/{{round}}eval/chosen.log",
     benchmark:

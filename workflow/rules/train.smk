@@ -10,9 +10,7 @@ rule train:
         policy=directory(f"{RESULTS}/{{round}}train/{{cond_mode}}_a{{alpha}}/policy"),
         metrics=f"{RESULTS}/{{round}}train/{{cond_mode}}_a{{alpha}}/metrics.csv",
     params:
-        settings=settings(
-            MODEL_KEYS + OPTIM_KEYS + ["train_steps", "learning_rate", "state_keys"]
-        ),
+        settings=settings(Model, Optimisation, CfgSchedule),
         out=lambda wildcards, output: str(Path(output.metrics).parent),
         train=TRAIN,
     log:
