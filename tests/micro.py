@@ -48,11 +48,11 @@ MICRO = {
 }
 
 
-# what the shared `micro_run` adds to MICRO: the first episode of every collection and
-# evaluation is recorded as a video (a rerun of its copy must pass the same, or the changed
-# keys rerun the jobs). One, not more: each recorded step costs an offscreen render (~50 ms
-# on Mesa), and the page's choice of a success and a failure is tested on its own.
-MICRO_RUN = {"n_video": 1, "render_source": "render"}
+# what the shared `micro_run` adds to MICRO: the first two episodes of every collection and
+# evaluation are recorded as videos, so the report can show a success and a failure of a
+# policy (a rerun of its copy must pass the same, or the changed keys rerun the jobs). Each
+# recorded step costs an offscreen render (~50 ms on Mesa): about 2 of the suite's minutes.
+MICRO_RUN = {"n_video": 2, "render_source": "render"}
 
 
 def sft_args(micro_run: Path, out: Path, *settings: str) -> list[str]:

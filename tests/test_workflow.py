@@ -180,13 +180,13 @@ def test_micro_config_end_to_end(micro_run):
     assert "| **best** cfg |" in (res / "tables/sweep.md").read_text()
     for plot in ("success_vs_cfg", "heatmap", "training_curves"):
         assert (res / f"plots/{plot}.png").stat().st_size > 10_000, plot
-    # n_video: 1 -> a video per collection job, one per evaluation, and a page with a
-    # section per policy
-    assert len(list((res / "rollouts/videos").glob("*.mp4"))) == 4
+    # n_video: 2 -> two videos per collection job, two per evaluation, and a page with a
+    # success and a failure of each policy (where its two recorded episodes have both)
+    assert len(list((res / "rollouts/videos").glob("*.mp4"))) == 2 * 4
     evaluations = [res / "eval/base/metrics.json", *map(Path, table["metrics"][1:])]
     for path in evaluations:
         videos = json.loads((tmp_path / path).read_text())["videos"]
-        assert len(videos) == 1 and all(
+        assert len(videos) == 2 and all(
             (tmp_path / v["path"]).stat().st_size > 1000 for v in videos
         )
     page = (res / "videos.html").read_text()
