@@ -226,11 +226,11 @@ def _run_train(args: argparse.Namespace) -> None:
     from ript.rl.train import train
 
     config = load_config(args.config, _parse_settings(args.settings))
-    cond_mode, alpha_uncond = args.cond_mode or "bias", args.alpha_uncond or 0.0
-    if args.mode == "cfg" and (args.cond_mode is None or args.alpha_uncond is None):
+    cond_mode, alpha_uncond = args.cond_mode, args.alpha_uncond
+    if args.mode == "cfg" and None in (cond_mode, alpha_uncond):
         grid = Grid.of(config)  # the grid's first point, where the command names none
-        cond_mode = args.cond_mode or grid.cond_mode[0]
-        alpha_uncond = grid.alpha_uncond[0] if args.alpha_uncond is None else args.alpha_uncond
+        cond_mode = cond_mode or grid.cond_mode[0]
+        alpha_uncond = grid.alpha_uncond[0] if alpha_uncond is None else alpha_uncond
     schedule = SftSchedule.of(config) if args.mode == "sft" else CfgSchedule.of(config)
     final = train(
         Model.of(config),
@@ -241,8 +241,8 @@ def _run_train(args: argparse.Namespace) -> None:
         labels=args.labels,
         init=args.init,
         norm_stats=args.norm_stats,
-        cond_mode=cond_mode,
-        alpha_uncond=alpha_uncond,
+        cond_mode=cond_mode or "bias",  # SFT freezes the condition: any mode will do
+        alpha_uncond=alpha_uncond or 0.0,
         resume=args.resume,
         progress=not args.no_progress,
     )
