@@ -94,7 +94,7 @@ def main() -> None:
     torch.set_num_threads(2)
     config = load_config(args.config)
     obs_keys = config["state_keys"] + config["camera_keys"]
-    train = cfg_samples(args.labels, Model.of(config))
+    train = cfg_samples(args.labels, Model.of(config), frames_in_memory_bytes=0)
     successes, failures = set(), set()
     for shard in args.heldout:
         reader = EpisodeReader(shard)

@@ -140,6 +140,7 @@ class Optimisation(Section):
     """How the weights are updated, shared by the SFT bootstrap and CFG training."""
 
     batch_size: int
+    frames_in_memory_gb: float
     warmup_steps: int
     final_lr_ratio: float
     weight_decay: float

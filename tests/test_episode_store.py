@@ -114,7 +114,7 @@ def test_failed_write_leaves_nothing_behind(tmp_path):
 
 @pytest.mark.parametrize("codec", ["gzip", "delta", "jpeg"])
 def test_frame_codecs_round_trip(tmp_path, codec):
-    """Every codec reads back through the whole-episode and the one-frame path; gzip and
+    """Every codec reads back through the whole-episode, one-camera and one-frame paths; gzip and
     delta bit for bit (frames across keyframes included), jpeg within its quality."""
     episode = make_episode(0, t=KEYFRAME_INTERVAL * 2 + 3)
     for key in ("agentview_rgb", "eye_in_hand_rgb"):
@@ -124,6 +124,7 @@ def test_frame_codecs_round_trip(tmp_path, codec):
     with EpisodeReader(path) as reader:
         whole = reader.read("demo_0").obs["agentview_rgb"]
         frames = [reader.read_frame("demo_0", "agentview_rgb", t) for t in range(episode.length)]
+        np.testing.assert_array_equal(reader.read_frames("demo_0", "agentview_rgb"), whole)
     want = episode.obs["agentview_rgb"]
     assert whole.shape == want.shape and whole.dtype == np.uint8
     np.testing.assert_array_equal(np.stack(frames), whole)

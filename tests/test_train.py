@@ -92,7 +92,7 @@ def make_trainer(data, tmp_path, alpha: float, **overrides) -> Trainer:
         device=device,
         dtype=torch.float32,
     )
-    samples = cfg_samples(str(data["labels"]), Model.of(config))
+    samples = cfg_samples(str(data["labels"]), Model.of(config), frames_in_memory_bytes=0)
     schedule = CfgSchedule.of(config)
     return Trainer(
         policy,

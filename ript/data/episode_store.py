@@ -363,6 +363,14 @@ class EpisodeReader:
             raise EpisodeFileError(f"{self.path}: cannot read data/{demo}/obs/{key}: {e}") from e
         return frame if self.flipped else flip_image(frame)
 
+    def read_frames(self, demo: str, key: str) -> np.ndarray:
+        """Every frame (T, H, W, 3) of one camera of an episode, in policy orientation."""
+        try:
+            frames = read_stored_frames(self._file["data"][demo]["obs"][key])
+        except (OSError, KeyError) as e:
+            raise EpisodeFileError(f"{self.path}: cannot read data/{demo}/obs/{key}: {e}") from e
+        return frames if self.flipped else np.ascontiguousarray(frames[:, ::-1, ::-1])
+
     def read(self, demo: str) -> StoredEpisode:
         try:
             group = self._file["data"][demo]

@@ -109,13 +109,16 @@ class TrainSamples:
     is_positive: np.ndarray  # (N,) bool
 
 
-def sft_samples(shards: list[str], model: Model, schedule: SftSchedule) -> TrainSamples:
+def sft_samples(
+    shards: list[str], model: Model, schedule: SftSchedule, *, frames_in_memory_bytes: int
+) -> TrainSamples:
     try:
         dataset = ChunkDataset(
             shards,
             chunk_size=model.chunk_size,
             obs_keys=[*model.state_keys, *model.camera_keys],
             only_successful=schedule.sft_only_successful,
+            frames_in_memory_bytes=frames_in_memory_bytes,
         )
     except NoSuccessfulEpisodes as e:
         raise ValueError(
@@ -134,7 +137,7 @@ NO_SIGNAL_ADVICE = (
 )
 
 
-def cfg_samples(labels_path: str, model: Model) -> TrainSamples:
+def cfg_samples(labels_path: str, model: Model, *, frames_in_memory_bytes: int) -> TrainSamples:
     """Every step of the labelled episodes, weighted by the span of the table it falls in.
 
     A table without a single positive label is refused: the positive branch would learn
@@ -156,6 +159,7 @@ def cfg_samples(labels_path: str, model: Model) -> TrainSamples:
         chunk_size=model.chunk_size,
         obs_keys=[*model.state_keys, *model.camera_keys],
         episodes=set(zip(table["shard"], table["demo"], strict=True)),
+        frames_in_memory_bytes=frames_in_memory_bytes,
     )
     spans = {
         key: group.sort_values("step_start")
@@ -720,14 +724,15 @@ def train(
             f"config.json chunk_size) but the config's chunk_size is {model.chunk_size}; set "
             f"chunk_size: {saved}"
         )
+    in_memory = int(optim.frames_in_memory_gb * 2**30)
     if mode == "sft":
         if not demos:
             raise ValueError("--demos: SFT needs demonstration shards")
-        samples = sft_samples(demos, model, schedule)
+        samples = sft_samples(demos, model, schedule, frames_in_memory_bytes=in_memory)
     else:
         if labels is None:
             raise ValueError("--labels: CFG training needs a label table (ript label)")
-        samples = cfg_samples(labels, model)
+        samples = cfg_samples(labels, model, frames_in_memory_bytes=in_memory)
     save_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(
         optim.save_dtype, checkpoint_dtype(init) if init is not None else torch.float32
     )
