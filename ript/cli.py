@@ -470,6 +470,49 @@ def _run_bundle(args: argparse.Namespace) -> None:
     print(summary(manifest, args.out))
 
 
+def _add_import_checkpoint(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "import-checkpoint",
+        help="a LeRobot or openpi pi0 checkpoint as a directory pretrained_path accepts",
+    )
+    p.add_argument("--from", dest="source", required=True, choices=["lerobot", "openpi"])
+    p.add_argument("src", type=Path, help="the downloaded checkpoint directory")
+    p.add_argument("--tokenizer", required=True, type=Path, help="PaliGemma's tokenizer directory")
+    p.add_argument("--out", required=True, type=Path, help="new checkpoint directory")
+    p.add_argument(
+        "--preset",
+        help="the architecture (default: from the checkpoint's variants, gemma_2b + "
+        "gemma_300m = pi0)",
+    )
+    p.add_argument(
+        "--delta-action-dims",
+        type=int,
+        default=0,
+        help="leading action dims predicted relative to the state (openpi's pi0_libero: 6)",
+    )
+    p.add_argument("--state-dim", type=int, default=8, help="openpi: real state dims (LIBERO 8)")
+    p.add_argument("--action-dim", type=int, default=7, help="openpi: real action dims (7)")
+    p.add_argument("--asset-id", help="openpi: which assets/<id>/norm_stats.json (if several)")
+    p.set_defaults(run=_run_import_checkpoint)
+
+
+def _run_import_checkpoint(args: argparse.Namespace) -> None:
+    from ript.models.importing import import_checkpoint
+
+    out = import_checkpoint(
+        args.source,
+        args.src,
+        tokenizer=args.tokenizer,
+        out=args.out,
+        preset=args.preset,
+        delta_action_dims=args.delta_action_dims,
+        state_dim=args.state_dim,
+        action_dim=args.action_dim,
+        asset_id=args.asset_id,
+    )
+    print(f"import-checkpoint: {out}: from {args.source} {args.src}; see {out}/policy.json")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ript", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -487,6 +530,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_select(sub)
     _add_choose(sub)
     _add_bundle(sub)
+    _add_import_checkpoint(sub)
     return parser
 
 

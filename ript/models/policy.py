@@ -36,6 +36,17 @@ from ript.models.tokenizer import load_tokenizer
 log = logging.getLogger(__name__)
 
 
+PROMPT_FORMATS = ("lowercase", "newline")
+
+
+def format_prompt(prompt: str, prompt_format: str) -> str:
+    """The text the tokenizer sees; "newline" is openpi's PaligemmaTokenizer and LeRobot's
+    pi0 processor, which end the prompt with a newline token before the action tokens."""
+    if prompt_format == "newline":
+        return prompt.strip().replace("_", " ").replace("\n", " ") + "\n"
+    return prompt.strip().lower()
+
+
 class CheckpointError(ValueError):
     """A checkpoint directory that is missing a file or holds the wrong kind of model."""
 
@@ -56,10 +67,27 @@ class PolicySettings:
     # the guidance scale when a caller gives none: 1 (the positive branch) unless `ript choose`
     # picked this policy at another scale
     cfg_scale: float = 1.0
+    # how a prompt becomes text: "lowercase" (ript's own checkpoints) or "newline" (openpi's
+    # and LeRobot's pi0: stripped, "_" as spaces, case kept, a newline appended)
+    prompt_format: str = "lowercase"
+    # action dims the model predicts relative to the state's same dims (openpi's LIBERO
+    # checkpoints trained with extra_delta_transform: the first 6); [] for absolute actions
+    delta_action_mask: list[bool] = field(default_factory=list)
+    # where an imported checkpoint came from (`ript import-checkpoint`); {} for our own
+    source: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.normalization not in MODES:
             raise ValueError(f"normalization {self.normalization!r}: expected one of {MODES}")
+        if self.prompt_format not in PROMPT_FORMATS:
+            raise ValueError(
+                f"prompt_format {self.prompt_format!r}: expected one of {PROMPT_FORMATS}"
+            )
+        if len(self.delta_action_mask) > self.action_dim:
+            raise ValueError(
+                f"delta_action_mask has {len(self.delta_action_mask)} entries for "
+                f"action_dim {self.action_dim}"
+            )
         if len(self.camera_keys) > self.num_camera_slots:
             raise ValueError(
                 f"{len(self.camera_keys)} camera keys {self.camera_keys} need at least as many "
@@ -178,7 +206,7 @@ class Policy:
         padded = np.zeros((batch, self.model.config.max_state_dim), dtype=np.float32)
         padded[:, : state.shape[1]] = state
         text = self.tokenizer(
-            [p.strip().lower() for p in prompts],
+            [format_prompt(p, self.settings.prompt_format) for p in prompts],
             padding="longest",
             # with CUDA graphs, a few prompt lengths (masked padding changes no output)
             pad_to_multiple_of=16 if self._graphed() else None,
@@ -224,6 +252,7 @@ class Policy:
         chunk = sample(**inputs, num_steps=self.settings.num_steps, cfg_scale=scale)
         actions = chunk[..., : self.settings.action_dim].float().cpu().numpy()
         actions = self.norm_stats.actions.unnormalize(actions, self.settings.normalization)
+        actions = self.relative_actions(actions, obs, sign=+1)
         self.inference_calls += 1
         self.inference_chunks += len(actions)
         self.inference_seconds += time.perf_counter() - start
@@ -260,6 +289,23 @@ class Policy:
         with torch.no_grad():
             return self.sample_actions(obs, [r.prompt for r in requests], noise=noise)[:n]
 
+    def relative_actions(self, actions: np.ndarray, obs: dict[str, Any], sign: int) -> np.ndarray:
+        """Absolute chunks (B, H, A) from predicted ones (`sign` +1: the state is added to the
+        masked dims, openpi's AbsoluteActions) or training targets from absolute ones (-1,
+        DeltaActions); every step of a chunk is relative to the state it starts from."""
+        mask = np.asarray(self.settings.delta_action_mask, dtype=bool)
+        if not mask.any():
+            return actions
+        state = self._state(obs)
+        if state.shape[-1] < len(mask):
+            raise ValueError(
+                f"delta_action_mask covers {len(mask)} dims but the state has {state.shape[-1]}"
+            )
+        shift = np.where(mask, state[:, : len(mask)], 0.0)[:, None, :]
+        out = actions.copy()
+        out[..., : len(mask)] += sign * shift
+        return out
+
     def _graphed(self) -> bool:
         return self.sampler is not None and self.device.type == "cuda"
 
@@ -277,6 +323,7 @@ class Policy:
                 f"{c.chunk_size}; targets must match the checkpoint's chunk_size"
             )
         inputs = self.prepare(obs, prompts)
+        actions = self.relative_actions(np.asarray(actions, dtype=np.float32), obs, sign=-1)
         norm = self.norm_stats.actions.normalize(actions, self.settings.normalization)
         padded = torch.zeros(norm.shape[0], c.chunk_size, c.max_action_dim)
         padded[:, : norm.shape[1], : norm.shape[2]] = torch.from_numpy(norm)
