@@ -75,9 +75,37 @@ def validate(config: dict[str, Any], source: str = "config") -> dict[str, Any]:
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
         raise ConfigError("\n".join(_describe(e, source) for e in errors))
-    config = _fill_defaults(config, schema)
+    config = _fill_defaults(_apply_protocol(config, source), schema)
     _check_cross_keys(config, source)
     return config
+
+
+# openpi's examples/libero/main.py: every init state once per task, env.seed(7) (the seed is
+# applied by `ript evaluate`), the suite's max steps, 10 wait steps, replanning every 5 steps,
+# and LIBERO's OffScreenRenderEnv, which resets hard
+OPENPI_PROTOCOL: dict[str, Any] = {
+    "eval_init_states": [0, 50],
+    "eval_rollouts_per_init": 1,
+    "max_episode_length": None,
+    "num_steps_wait": 10,
+    "replan_steps": 5,
+    "use_init_states": True,
+    "hard_reset": True,
+    "eval_schedule": "full",
+}
+
+
+def _apply_protocol(config: dict[str, Any], source: str) -> dict[str, Any]:
+    """eval_protocol: openpi's keys, set; one the config sets otherwise is refused."""
+    if config.get("eval_protocol") != "openpi":
+        return config
+    for key, value in OPENPI_PROTOCOL.items():
+        if key in config and config[key] != value:
+            raise ConfigError(
+                f"{source}: key '{key}': {config[key]!r} but eval_protocol: openpi runs "
+                f"{value!r}; remove the key or use eval_protocol: paired"
+            )
+    return {**config, **OPENPI_PROTOCOL}
 
 
 def _describe(error: jsonschema.ValidationError, source: str) -> str:
@@ -158,10 +186,11 @@ def _check_cross_keys(config: dict[str, Any], source: str) -> None:
     ranges = {
         key: _init_range(config, key, source) for key in ("train_init_states", "eval_init_states")
     }
-    _refuse_overlap(
-        ranges, "train_init_states", "eval_init_states", source,
-        "training rollouts must not start from evaluation init states",
-    )  # fmt: skip
+    if config["eval_protocol"] == "paired":  # openpi's evaluates every init state
+        _refuse_overlap(
+            ranges, "train_init_states", "eval_init_states", source,
+            "training rollouts must not start from evaluation init states",
+        )  # fmt: skip
     if config["eval_schedule"] == "adaptive":
         _check_selection_ranges(config, ranges, source)
     if config["weight_mode"] == "binary" and config["label_granularity"] != "episode":
@@ -259,7 +288,8 @@ def _check_checkpoint_paths(config: dict[str, Any], source: str) -> None:
     if not Path(path).is_dir():
         raise ConfigError(
             f"{source}: key 'pretrained_path': {path!r} is not a directory; expected a local "
-            "checkpoint (ours or a stock PI0 save_pretrained directory), or null to bootstrap "
+            "checkpoint (ours, a stock PI0 save_pretrained directory, or one `ript "
+            "import-checkpoint` made from a LeRobot or openpi download), or null to bootstrap "
             "a base policy from expert demonstrations"
         )
     missing = missing_files(path)

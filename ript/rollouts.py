@@ -48,18 +48,19 @@ def episode_specs(
     seed: int,
     use_init_states: bool,
     n_video: int = 0,
+    reset_seed: int | None = None,
 ) -> list[EpisodeSpec]:
     """K rollouts per (task, init state); the K share a group id and a reset.
 
     With fixed init states the group starts from init state i; with random resets it starts
     from the placement drawn with the group's reset seed, so an RLOO group always shares
-    its start either way.
+    its start either way. `reset_seed` seeds every reset alike (openpi's env.seed(7)).
     """
     specs = []
     for task_id in tasks:
         check_suite_task(suite, task_id)
         for init in range(*init_states):
-            reset_seed = derive_seed(seed, task_id, init)
+            group_reset = derive_seed(seed, task_id, init) if reset_seed is None else reset_seed
             start = f"init{init}" if use_init_states else f"random{init}"
             for k in range(rollouts_per_init):
                 idx = len(specs)
@@ -71,7 +72,7 @@ def episode_specs(
                         init_state_index=init if use_init_states else None,
                         rollout_index=k,
                         seed=derive_seed(seed, task_id, init, k, 1),
-                        reset_seed=reset_seed,
+                        reset_seed=group_reset,
                         group_id=f"{suite}/task{task_id}/{start}",
                         record_video=idx < n_video,
                     )
@@ -135,6 +136,7 @@ def make_pool(sim: Simulation, num_episodes: int, render_source: str = "obs") ->
         worker_timeout_s=sim.worker_timeout_s,
         engine=sim.rollout_engine,
         max_wait_ms=sim.max_wait_ms,
+        hard_reset=sim.hard_reset,
     )
 
 
@@ -173,6 +175,7 @@ def run_rollouts(
     progress: bool = True,
     desc: str = "rollouts",
     keep_observations: bool = True,
+    reset_seed: int | None = None,
 ) -> tuple[list[Episode], RolloutStats]:
     """K rollouts of `policy` per init state of the configured tasks, on a fresh env pool
     (see `EnvPool.run` for `keep_observations`), the first `videos.n_video` recorded."""
@@ -184,6 +187,7 @@ def run_rollouts(
         seed=sim.seed,
         use_init_states=sim.use_init_states,
         n_video=videos.n_video if videos else 0,
+        reset_seed=reset_seed,
     )
     render_source = videos.render_source if videos else "obs"
     with make_pool(sim, len(specs), render_source) as pool:

@@ -46,6 +46,7 @@ class Simulation(Section):
     num_steps_wait: int
     max_episode_length: int | None
     replan_steps: int
+    hard_reset: bool
     use_init_states: bool
     train_init_states: tuple[int, int]
     eval_init_states: tuple[int, int]
@@ -93,9 +94,10 @@ class Collection(Section):
 
 @dataclasses.dataclass(frozen=True)
 class Evaluation(Section):
-    """Rollouts per init state of an evaluation."""
+    """Rollouts per init state of an evaluation, and whose protocol it follows."""
 
     eval_rollouts_per_init: int
+    eval_protocol: str
 
 
 @dataclasses.dataclass(frozen=True)

@@ -41,6 +41,12 @@ def test_random_resets_when_init_states_are_disabled():
     assert specs[0].reset_seed == specs[1].reset_seed != specs[2].reset_seed
 
 
+def test_a_fixed_reset_seed_seeds_every_reset_and_leaves_the_policy_seeds():
+    specs = plan(reset_seed=7)
+    assert {s.reset_seed for s in specs} == {7}
+    assert [s.seed for s in specs] == [s.seed for s in plan()]
+
+
 def test_seeds_do_not_depend_on_sharding():
     whole = {(s.task_id, s.init_state_index, s.rollout_index): s.seed for s in plan()}
     shard = plan(tasks=[3], init_states=(1, 3))

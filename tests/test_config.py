@@ -29,6 +29,14 @@ def test_an_adaptive_schedule_on_disjoint_init_states_is_valid():
     assert validate(dict(ADAPTIVE))["contend_init_states"] == [15, 25]
 
 
+def test_the_openpi_protocol_sets_its_keys_and_may_evaluate_trained_init_states():
+    config = validate({"eval_protocol": "openpi", "num_steps_wait": 10})
+    assert config["eval_init_states"] == [0, 50] and config["eval_rollouts_per_init"] == 1
+    assert config["max_episode_length"] is None and config["hard_reset"] is True
+    assert config["train_init_states"] == [0, 25]  # overlaps the evaluation: allowed here
+    assert validate({})["hard_reset"] is False
+
+
 @pytest.mark.parametrize(
     ("bad", "words"),
     [
@@ -50,6 +58,12 @@ def test_an_adaptive_schedule_on_disjoint_init_states_is_valid():
             ["screen_init_states", "contend_init_states"],
         ),
         (ADAPTIVE | {"screen_init_states": [15, 12]}, ["screen_init_states", "[15, 12]"]),
+        (
+            {"eval_protocol": "openpi", "eval_init_states": [25, 50]},
+            ["'eval_init_states'", "[25, 50]", "eval_protocol: openpi runs [0, 50]"],
+        ),
+        (ADAPTIVE | {"eval_protocol": "openpi"}, ["'eval_schedule'", "'adaptive'"]),
+        ({"eval_protocol": "openpi", "max_episode_length": 220}, ["'max_episode_length'"]),
     ],
 )
 def test_bad_values_name_the_key(bad, words):

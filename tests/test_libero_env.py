@@ -78,6 +78,23 @@ def test_fixed_init_state_is_restored(tmp_path):
         env.close()
 
 
+def test_a_hard_reset_starts_the_episode_a_soft_one_starts(lowdim_env):
+    """LIBERO's default hard reset rebuilds the simulator; from an init state both give the
+    same first observation (what makes soft resets, ript's default, safe)."""
+    hard = make_env("libero_object", 0, max_episode_length=4, num_steps_wait=3, hard_reset=True)
+    try:
+        assert hard._env.env.hard_reset and not lowdim_env._env.env.hard_reset
+        lowdim_env.reset(seed=0, init_state_index=0)
+        lowdim_env.step(np.full(7, 0.5))  # something of a last episode a soft reset must undo
+        for init in (3, 4):
+            soft_obs = lowdim_env.reset(seed=7, init_state_index=init)
+            hard_obs = hard.reset(seed=7, init_state_index=init)
+            for key, value in soft_obs.items():
+                np.testing.assert_allclose(hard_obs[key], value, atol=1e-6, err_msg=key)
+    finally:
+        hard.close()
+
+
 def test_random_resets_are_seeded(lowdim_env):
     def placement(seed):
         return lowdim_env.reset(seed=seed, init_state_index=None)["privileged_object_state"]

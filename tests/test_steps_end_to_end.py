@@ -158,3 +158,19 @@ def test_evaluate_the_scripted_expert(tmp_path):
     assert m["settings"]["policy_kind"] == "expert" and m["settings"]["cfg_scale"] is None
     assert m["overall"]["n"] == 2 and m["inference"]["calls"] == 0
     assert len(pd.read_parquet(tmp_path / "eval.index.parquet")) == 2
+
+
+def test_evaluate_under_openpi_s_protocol(tmp_path):
+    """Its keys reach the episodes: every reset seeded with 7, hard resets, the suite's
+    episode length, one rollout per init state; metrics.json records the protocol."""
+    path = tmp_path / "openpi.json"
+    ok(
+        "evaluate", "--policy", "expert", "--out", str(path), "--no-progress",
+        "--init-states", "0:2", "--set", "tasks=[0]", "--set", 'eval_protocol="openpi"',
+    )  # fmt: skip
+    s = json.loads(path.read_text())["settings"]
+    assert s["eval_protocol"] == "openpi" and s["reset_seed"] == 7 and s["hard_reset"] is True
+    assert s["max_episode_length"] is None and s["rollouts_per_init"] == 1
+    assert s["init_states"] == [0, 2]
+    m = json.loads(path.read_text())
+    assert m["overall"]["n"] == 2 and max(e["length"] for e in m["episodes"]) <= 280

@@ -95,6 +95,7 @@ class LiberoEnv:
         image_size: int = 128,
         privileged_object_state: bool = True,
         offscreen_render: bool = False,
+        hard_reset: bool = False,
     ) -> None:
         self.task = task_info(suite, task_id)
         from libero.libero.envs.env_wrapper import ControlEnv
@@ -111,8 +112,9 @@ class LiberoEnv:
             camera_heights=image_size,
             camera_widths=image_size,
             # A soft reset keeps the compiled model and renderer; init states set the full
-            # simulator state afterwards, so nothing of the last episode survives.
-            hard_reset=False,
+            # simulator state afterwards, so nothing of the last episode survives. LIBERO's
+            # (and openpi's evaluation's) default is a hard one.
+            hard_reset=hard_reset,
         )
         self._privileged = privileged_object_state
         self._init_states: np.ndarray | None = None

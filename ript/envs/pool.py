@@ -276,6 +276,7 @@ class EnvPool:
         engine: str = "lockstep",
         max_batch: int | None = None,
         max_wait_ms: float = 5.0,
+        hard_reset: bool = False,
     ) -> None:
         """`max_cached_envs`: simulators a worker keeps across tasks (each holds a compiled
         model, and a renderer with cameras); the least recently used is closed beyond it.
@@ -300,6 +301,7 @@ class EnvPool:
                 image_size=image_size,
                 privileged_object_state=privileged_object_state,
                 offscreen_render=render_source == "render",
+                hard_reset=hard_reset,
                 retries=env_create_retries,
             ),
             render_source,

@@ -80,6 +80,10 @@ def policy_settings(policy: Any, policy_dir: str) -> dict[str, Any]:
     }
 
 
+# openpi's examples/libero/main.py seeds every task's simulator with 7
+OPENPI_SEED = 7
+
+
 def evaluate(
     sim: Simulation,
     videos: Videos,
@@ -130,11 +134,13 @@ def _evaluate(
     shard: str | Path | None,
     progress: bool,
 ) -> dict[str, Any]:
+    reset_seed = OPENPI_SEED if evaluation.eval_protocol == "openpi" else None
     episodes, stats = run_rollouts(
         sim,
         policy,
         init_states=init_range,
         rollouts_per_init=evaluation.eval_rollouts_per_init,
+        reset_seed=reset_seed,
         videos=videos,
         progress=progress,
         keep_observations=shard is not None,
@@ -166,6 +172,9 @@ def _evaluate(
             "rollouts_per_init": evaluation.eval_rollouts_per_init,
             "max_episode_length": sim.max_episode_length,
             "replan_steps": sim.replan_steps,
+            "eval_protocol": evaluation.eval_protocol,
+            "hard_reset": sim.hard_reset,
+            "reset_seed": reset_seed,
         },
         # each video with its episode, so a report can pick a success and a failure
         "videos": [

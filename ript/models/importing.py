@@ -361,6 +361,11 @@ def import_checkpoint(
             "weights": source.weights.name,
             "tokenizer": str(Path(tokenizer).resolve()),
             "preset": preset,
+            # what both frameworks did to the images this model was trained on; ript renders
+            # square frames at image_size (256 in config/pi0_libero.yaml), rotates them the
+            # same way and resizes them to the model's 224, which for a square frame is
+            # what resizing with padding does
+            "images": "LIBERO renders at 256 px, rotated 180 degrees, resized with padding to 224",
             **source.details,
         },
     )
