@@ -107,6 +107,18 @@ def source(tmp_path_factory):
         lerobot_stats, lerobot / "policy_preprocessor_step_3_normalizer_processor.safetensors"
     )
 
+    legacy = root / "lerobot_legacy"  # LeRobot before processors: stats among the weights
+    legacy.mkdir()
+    buffers = {
+        f"normalize_inputs.buffer_observation_state.{k}": torch.from_numpy(state[k])
+        for k in ("mean", "std")
+    } | {
+        f"unnormalize_outputs.buffer_action.{k}": torch.from_numpy(action[k])
+        for k in ("mean", "std")
+    }
+    save_file({f"model.{k}": v for k, v in weights.items()} | buffers, legacy / "model.safetensors")
+    shutil.copy(lerobot / "config.json", legacy / "config.json")
+
     openpi = root / "openpi"
     (openpi / "assets/physical-intelligence/libero").mkdir(parents=True)
     save_file(weights, openpi / "model.safetensors")
@@ -169,11 +181,14 @@ def source_actions(src, kind: str, obs, noise, delta_dims: int) -> np.ndarray:
     return actions
 
 
-@pytest.mark.parametrize(("kind", "delta_dims"), [("lerobot", 0), ("openpi", 6)])
-def test_the_imported_policy_acts_like_its_source(source, tmp_path, kind, delta_dims):
+@pytest.mark.parametrize(
+    ("folder", "delta_dims"), [("lerobot", 0), ("lerobot_legacy", 0), ("openpi", 6)]
+)
+def test_the_imported_policy_acts_like_its_source(source, tmp_path, folder, delta_dims):
+    kind = folder.split("_")[0]
     out = import_checkpoint(
         kind,
-        source["root"] / kind,
+        source["root"] / folder,
         tokenizer=source["root"] / "tokenizer",
         out=tmp_path / "imported",
         preset="tiny",

@@ -144,8 +144,7 @@ def read_lerobot(src: Path) -> Source:
             stats = {
                 k: f.get_tensor(k) for k in keys if k.startswith(("observation.state.", "action."))
             }
-            # LeRobot before its processors kept them in the model's buffers
-            stats |= {
+            stats |= {  # LEGACY_STATS
                 k.split("buffer_", 1)[1].replace(
                     "observation_state", "observation.state"
                 ): f.get_tensor(k)
@@ -250,6 +249,14 @@ def _preset(source: Source, preset: str | None, src: Path) -> str:
     )
 
 
+# LeRobot before its processors kept the statistics as buffers beside the weights
+LEGACY_STATS = ("normalize_inputs.", "normalize_targets.", "unnormalize_outputs.")
+
+
+def _normalizer(key: str) -> bool:
+    return key.removeprefix("model.").startswith(LEGACY_STATS)
+
+
 def _mismatch(entry: Any) -> str:
     """transformers reports (name, stored shape, model shape) or just the name."""
     if isinstance(entry, tuple) and len(entry) == 3:
@@ -293,7 +300,7 @@ def _load_model(source: Source, preset: str, vocab_size: int | None, src: Path):
         for what, keys in (
             ("has misshapen", [_mismatch(k) for k in info["mismatched_keys"]]),
             ("lacks", missing),
-            ("has unexpected", info["unexpected_keys"]),
+            ("has unexpected", [k for k in info["unexpected_keys"] if not _normalizer(k)]),
         )
         if keys
     ]
