@@ -49,6 +49,20 @@ def test_the_throughput_benchmark_compares_engines_with_bare_simulators(tmp_path
     assert "| 1 | off | tiny | async |" in result.stdout
 
 
+def test_the_policy_call_benchmark_splits_a_call(tmp_path):
+    result = run_benchmark(
+        "policy_call.py", "--preset", "tiny", "--device", "cpu", "--batch", "2",
+        "--cameras", "0", "2", "--image-size", "32", "--cfg-scale", "3", "--repeats", "1",
+        "--out", str(tmp_path / "rows.json"),
+    )  # fmt: skip
+    rows = json.loads((tmp_path / "rows.json").read_text())
+    assert [(r["cameras"], r["batch"], r["cfg_scale"]) for r in rows] == [(0, 2, 3.0), (2, 2, 3.0)]
+    for r in rows:
+        assert r["call_ms"] > 0 and r["prepare_ms"] > 0 and r["sample_ms"] > 0
+        assert abs(r["call_ms"] - r["prepare_ms"] - r["sample_ms"] - r["other_ms"]) < 1e-6
+    assert "| 2 | 2 | 3 |" in result.stdout
+
+
 def test_the_fit_benchmark_reads_a_finished_run(micro_run, tmp_path):
     res = micro_run / "results/micro"
     run_benchmark(
