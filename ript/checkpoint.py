@@ -40,3 +40,12 @@ def checkpoint_chunk_size(path: str | Path) -> int | None:
         return int(json.loads((Path(path) / "config.json").read_text())["chunk_size"])
     except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError):
         return None
+
+
+def checkpoint_render_size(path: str | Path) -> int | None:
+    """The render size a checkpoint's policy.json asks for (imported ones: 256), or None."""
+    try:
+        size = json.loads((Path(path) / POLICY_FILE).read_text()).get("render_size")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None
+    return int(size) if isinstance(size, int) else None

@@ -26,6 +26,7 @@ from ript.checkpoint import (
     CHECKPOINT_FILES,
     TOKENIZER_FILES,
     checkpoint_chunk_size,
+    checkpoint_render_size,
     has_tokenizer,
     missing_files,
 )
@@ -302,6 +303,13 @@ def _check_checkpoint_paths(config: dict[str, Any], source: str) -> None:
         raise ConfigError(
             f"{source}: key 'pretrained_path': {path!r} holds no tokenizer (one of "
             f"{', '.join(TOKENIZER_FILES)}); copy PaliGemma's tokenizer in or set tokenizer_path"
+        )
+    render_size = checkpoint_render_size(path)
+    if config["cameras"] and render_size not in (None, config["image_size"]):
+        raise ConfigError(
+            f"{source}: key 'image_size': {config['image_size']} but the checkpoint at "
+            f"pretrained_path {path!r} was trained on {render_size} px renders (render_size in "
+            f"its policy.json); set image_size: {render_size}"
         )
 
 

@@ -17,8 +17,9 @@ from safetensors.torch import save_file
 from tokenizers import Regex, Tokenizer, models, pre_tokenizers, processors, trainers
 from transformers import PI0ForConditionalGeneration, PreTrainedTokenizerFast
 
+from ript.config import ConfigError, validate
 from ript.models.importing import import_checkpoint
-from ript.models.policy import CheckpointError, Policy
+from ript.models.policy import CheckpointError, Policy, resize_image
 from ript.models.presets import build_config, num_image_tokens
 
 PROMPT = "Pick up the alphabet_soup and place it in the basket"
@@ -309,3 +310,35 @@ def test_an_existing_output_is_not_overwritten(source, tmp_path):
             out=tmp_path / "new",
             preset="tiny",
         )
+
+
+def test_images_are_padded_rotated_and_held_to_the_render_size(source, tmp_path):
+    out = import_checkpoint(
+        "lerobot", source["root"] / "lerobot", tokenizer=source["root"] / "tokenizer",
+        out=tmp_path / "imported", preset="tiny",
+    )  # fmt: skip
+    recorded = json.loads((out / "policy.json").read_text())
+    assert (recorded["image_resize"], recorded["render_size"]) == ("pad", 256)
+    assert recorded["images_rotated_180"] is True
+    wide = torch.full((1, 3, 32, 64), 0.5)  # letterboxed: black bands above and below
+    padded = resize_image(wide, 64, "pad")
+    assert padded.shape == (1, 3, 64, 64)
+    assert (padded[..., :16, :] == -1).all() and (padded[..., 48:, :] == -1).all()
+    torch.testing.assert_close(padded[..., 16:48, :], torch.full((1, 3, 32, 64), 0.5))
+    assert (resize_image(wide, 64, "stretch") == 0.5).all()
+    square = torch.rand(1, 3, 32, 32)
+    torch.testing.assert_close(resize_image(square, 64, "pad"), resize_image(square, 64, "stretch"))
+    policy = Policy.from_pretrained(out)
+    obs = observation(0)
+    upright, _ = policy._images(obs, 1)
+    policy.settings.images_rotated_180 = False
+    turned, _ = policy._images(obs, 1)
+    torch.testing.assert_close(turned, upright.flip(-2, -1))
+    config = {
+        "pretrained_path": str(out), "chunk_size": CHUNK, "cameras": True,
+        "camera_keys": ["agentview_rgb", "eye_in_hand_rgb"], "privileged_object_state": False,
+        "state_keys": ["state"],
+    }  # fmt: skip
+    assert validate({**config, "image_size": 256})["image_size"] == 256
+    with pytest.raises(ConfigError, match=r"'image_size': 128 but .* 256 px renders"):
+        validate({**config, "image_size": 128})

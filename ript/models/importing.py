@@ -44,6 +44,7 @@ SOURCES = ("lerobot", "openpi")
 # openpi's and LeRobot's model variants -> ript's preset of the same sizes
 VARIANTS = {("gemma_2b", "gemma_300m"): "pi0"}
 LIBERO_CAMERAS = ["agentview_rgb", "eye_in_hand_rgb"]  # openpi's base and wrist images
+LIBERO_RENDER_SIZE = 256
 LEROBOT_NORMALIZATION = {"MEAN_STD": "zscore", "QUANTILES": "quantile"}
 
 
@@ -361,6 +362,11 @@ def import_checkpoint(
         normalization=source.normalization,
         num_steps=model.config.num_inference_steps,
         prompt_format="newline",
+        # both frameworks trained on LIBERO's 256 px renders, rotated 180 degrees (as ript's
+        # observations are) and resized with padding to 224
+        images_rotated_180=True,
+        image_resize="pad",
+        render_size=LIBERO_RENDER_SIZE,
         delta_action_mask=[True] * delta_action_dims,
         source={
             "from": source_kind,
@@ -368,11 +374,6 @@ def import_checkpoint(
             "weights": source.weights.name,
             "tokenizer": str(Path(tokenizer).resolve()),
             "preset": preset,
-            # what both frameworks did to the images this model was trained on; ript renders
-            # square frames at image_size (256 in config/pi0_libero.yaml), rotates them the
-            # same way and resizes them to the model's 224, which for a square frame is
-            # what resizing with padding does
-            "images": "LIBERO renders at 256 px, rotated 180 degrees, resized with padding to 224",
             **source.details,
         },
     )

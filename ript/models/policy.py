@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 
 PROMPT_FORMATS = ("lowercase", "newline")
+IMAGE_RESIZES = ("stretch", "pad")
 
 
 def format_prompt(prompt: str, prompt_format: str) -> str:
@@ -73,6 +74,15 @@ class PolicySettings:
     # action dims the model predicts relative to the state's same dims (openpi's LIBERO
     # checkpoints trained with extra_delta_transform: the first 6); [] for absolute actions
     delta_action_mask: list[bool] = field(default_factory=list)
+    # the images the checkpoint was trained on: frames are rotated 180 degrees from LIBERO's
+    # renders (openpi's and LeRobot's convention, and what ript's observations hold; false
+    # turns them back), a frame of another size is resized to the model's by stretching it
+    # ("stretch") or keeping its aspect and padding with black ("pad": openpi's
+    # resize_with_pad; the same for square frames), and the render size it saw (null: any;
+    # the config check holds image_size to it)
+    images_rotated_180: bool = True
+    image_resize: str = "stretch"
+    render_size: int | None = None
     # where an imported checkpoint came from (`ript import-checkpoint`); {} for our own
     source: dict[str, Any] = field(default_factory=dict)
 
@@ -83,6 +93,8 @@ class PolicySettings:
             raise ValueError(
                 f"prompt_format {self.prompt_format!r}: expected one of {PROMPT_FORMATS}"
             )
+        if self.image_resize not in IMAGE_RESIZES:
+            raise ValueError(f"image_resize {self.image_resize!r}: expected one of {IMAGE_RESIZES}")
         if len(self.delta_action_mask) > self.action_dim:
             raise ValueError(
                 f"delta_action_mask has {len(self.delta_action_mask)} entries for "
@@ -191,9 +203,9 @@ class Policy:
                     f"camera {key!r}: expected uint8 (B, H, W, 3), got {img.dtype} {img.shape}"
                 )
             x = torch.from_numpy(img).to(self.device).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-            if x.shape[-2:] != (size, size):
-                x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
-            slots[:, slot] = x.clamp(-1.0, 1.0)
+            if not self.settings.images_rotated_180:
+                x = x.flip(-2, -1)
+            slots[:, slot] = resize_image(x, size, self.settings.image_resize).clamp(-1.0, 1.0)
             mask[:, slot] = True
         return slots, mask
 
@@ -441,6 +453,21 @@ class Policy:
             compile=compile,
             verbose=switches.verbose,
         )
+
+
+def resize_image(x: torch.Tensor, size: int, mode: str) -> torch.Tensor:
+    """(B, 3, H, W) in [-1, 1] to (B, 3, size, size): stretched, or scaled to fit and padded
+    with black (-1) around the centre, as openpi's resize_with_pad does."""
+    height, width = x.shape[-2:]
+    if (height, width) == (size, size):
+        return x
+    if mode == "stretch" or height == width:
+        return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
+    scale = size / max(height, width)
+    h, w = max(1, round(height * scale)), max(1, round(width * scale))
+    inner = F.interpolate(x, size=(h, w), mode="bilinear", antialias=True)
+    top, left = (size - h) // 2, (size - w) // 2
+    return F.pad(inner, (left, size - w - left, top, size - h - top), value=-1.0)
 
 
 def padded_batch_size(n: int) -> int:
