@@ -11,12 +11,12 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from helpers import run_ript
 from safetensors.numpy import save_file as save_numpy
 from safetensors.torch import save_file
 from tokenizers import Regex, Tokenizer, models, pre_tokenizers, processors, trainers
 from transformers import PI0ForConditionalGeneration, PreTrainedTokenizerFast
 
+from ript.cli import main
 from ript.config import ConfigError, validate
 from ript.models.importing import import_checkpoint
 from ript.models.policy import CheckpointError, Policy, resize_image
@@ -259,7 +259,7 @@ def edit_json(path, **changes):
     ],
 )
 def test_bad_checkpoints_fail_with_one_line_naming_the_file(
-    source, tmp_path, kind, breakage, words
+    source, tmp_path, capsys, monkeypatch, kind, breakage, words
 ):
     src = tmp_path / kind
     shutil.copytree(source["root"] / kind, src)
@@ -285,9 +285,11 @@ def test_bad_checkpoints_fail_with_one_line_naming_the_file(
         preset = None
     args = ["import-checkpoint", "--from", kind, str(src), "--tokenizer", str(tokenizer)]
     args += ["--out", str(tmp_path / "out")] + (["--preset", preset] if preset else [])
-    result = run_ript(*args)
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
+    # in this process (a subprocess per case would import torch again), minus the SIGTERM
+    # handler main() installs for a real run
+    monkeypatch.setattr("ript.cli.install_interrupt_handlers", lambda: None)
+    assert main(args) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
     assert lines[-1].startswith("ript import-checkpoint: error: ") and words in lines[-1], lines
     assert not (tmp_path / "out").exists()
 
