@@ -23,8 +23,6 @@ import multiprocessing as mp
 import time
 from pathlib import Path
 
-import numpy as np
-
 from ript.envs.expert import ScriptedExpert
 from ript.envs.observation import DUMMY_ACTION
 from ript.envs.pool import EnvPool
@@ -75,13 +73,9 @@ def make_policy(name: str, cameras: bool, chunk: int, device: str):
     from ript.data.norm_stats import NormStats, Stats
     from ript.models.policy import PolicySettings, new_policy
 
-    def identity(dim: int) -> Stats:
-        zeros, ones = np.zeros(dim, np.float32), np.ones(dim, np.float32)
-        return Stats(zeros, ones, -ones, ones)
-
     cams = ["agentview_rgb", "eye_in_hand_rgb"] if cameras else []
     settings = PolicySettings(state_keys=["state"], camera_keys=cams, num_camera_slots=len(cams))
-    norm = NormStats(identity(STATE_DIM), identity(7))
+    norm = NormStats(Stats.identity(STATE_DIM), Stats.identity(7))
     policy = new_policy(name, norm, settings, chunk_size=chunk, max_state_dim=STATE_DIM)
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     policy.model.to(device, dtype)

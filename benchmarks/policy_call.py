@@ -50,18 +50,13 @@ def median_ms(fn: Callable[[], object], repeats: int, device: torch.device) -> f
     return float(np.median(times))
 
 
-def identity(dim: int) -> Stats:
-    zeros, ones = np.zeros(dim, np.float32), np.ones(dim, np.float32)
-    return Stats(zeros, ones, -ones, ones)
-
-
 def make_policy(preset: str, cameras: int, device: torch.device, chunk: int):
     settings = PolicySettings(
         state_keys=["state"], camera_keys=CAMERAS[:cameras], num_camera_slots=cameras
     )
     policy = new_policy(
         preset,
-        NormStats(identity(STATE_DIM), identity(7)),
+        NormStats(Stats.identity(STATE_DIM), Stats.identity(7)),
         settings,
         tokenizer=build_word_tokenizer([PROMPT]),
         chunk_size=chunk,

@@ -114,10 +114,7 @@ def run_setting(name: str, preset: str, device_name: str, out: Path) -> None:
         model = CFGPI0ForConditionalGeneration(model_config)
     model.to(dtype=Precision.resolve(precision, device).master_dtype)
 
-    def unit(dim: int) -> Stats:
-        return Stats(np.zeros(dim), np.ones(dim), -np.ones(dim), np.ones(dim))
-
-    stats = NormStats(unit(8), unit(7))
+    stats = NormStats(Stats.identity(8), Stats.identity(7))
     settings = PolicySettings(camera_keys=["agentview_rgb", "eye_in_hand_rgb"], num_camera_slots=3)
     policy = Policy(model, tokenizer, stats, settings, cuda_graphs=False)
     data = FixedBatch(model_config.vlm_config.vision_config.image_size, config["chunk_size"])

@@ -377,13 +377,9 @@ class EpisodeReader:
             attrs = self.attributes(demo)
             attrs.setdefault("language", self._language(group))
             obs = {
-                k: read_stored_frames(v) if k in IMAGE_KEYS else np.asarray(v)
+                k: self.read_frames(demo, k) if k in IMAGE_KEYS else np.asarray(v)
                 for k, v in group["obs"].items()
             }
-            if not self.flipped:
-                for key in IMAGE_KEYS:
-                    if key in obs:
-                        obs[key] = np.stack([flip_image(img) for img in obs[key]])
             actions = np.asarray(group["actions"])
             n = len(actions)
             rewards = np.asarray(group["rewards"]) if "rewards" in group else np.zeros(n)

@@ -54,6 +54,12 @@ class Stats:
             return x * (self.std + EPS) + self.mean
         return (x + 1.0) / 2.0 * (self.q99 - self.q01 + EPS) + self.q01
 
+    @classmethod
+    def identity(cls, dim: int) -> Stats:
+        """Statistics that leave z-scores unchanged (fresh policies in benchmarks)."""
+        zeros, ones = np.zeros(dim, np.float32), np.ones(dim, np.float32)
+        return cls(zeros, ones, -ones, ones)
+
     def to_json(self) -> dict[str, list[float]]:
         return {f: getattr(self, f).astype(float).tolist() for f in FIELDS}
 

@@ -25,7 +25,6 @@ policy.json. LeRobot normalises with std + 1e-8 and openpi with std + 1e-6; ript
 from __future__ import annotations
 
 import json
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ from safetensors import safe_open
 
 from ript.checkpoint import TOKENIZER_FILES, has_tokenizer
 from ript.data.norm_stats import NormStats, NormStatsError, Stats
+from ript.files import atomic_output
 from ript.models.policy import CheckpointError, Policy, PolicySettings
 from ript.models.presets import PRESETS, build_config
 from ript.models.tokenizer import load_tokenizer
@@ -211,6 +211,11 @@ def read_openpi(src: Path, state_dim: int, action_dim: int, asset_id: str | None
     if not isinstance(body, dict) or not {"state", "actions"} <= set(body):
         raise NormStatsError(f"{path}: expected {{'norm_stats': {{'state': ..., 'actions': ...}}}}")
     model_action_dim = int(config.get("action_dim", 32))
+
+    def entry(name: str, dim: int) -> Stats:
+        fields = {k: np.asarray(v) for k, v in body[name].items() if v is not None}
+        return _stats(fields, dim, name, path)
+
     return Source(
         weights=weights,
         variants=(
@@ -220,20 +225,7 @@ def read_openpi(src: Path, state_dim: int, action_dim: int, asset_id: str | None
         chunk_size=int(config.get("action_horizon", 50)),
         max_state_dim=model_action_dim,  # openpi pads state and actions to the same width
         max_action_dim=model_action_dim,
-        norm_stats=NormStats(
-            _stats(
-                {k: np.asarray(v) for k, v in body["state"].items() if v is not None},
-                state_dim,
-                "state",
-                path,
-            ),
-            _stats(
-                {k: np.asarray(v) for k, v in body["actions"].items() if v is not None},
-                action_dim,
-                "actions",
-                path,
-            ),
-        ),
+        norm_stats=NormStats(entry("state", state_dim), entry("actions", action_dim)),
         normalization="zscore",  # openpi's pi0 (quantiles are pi0-FAST's and pi0.5's)
         details={"norm_stats": str(path.relative_to(src))},
     )
@@ -266,7 +258,7 @@ def _mismatch(entry: Any) -> str:
     return str(entry[0] if isinstance(entry, tuple) else entry)
 
 
-def _load_model(source: Source, preset: str, vocab_size: int | None, src: Path):
+def _load_model(source: Source, preset: str, vocab_size: int | None):
     """Our CFG model with the source's weights; a missing, unexpected or misshapen tensor is
     an error (transformers would re-initialise it with a warning)."""
     from ript.models.cfg_pi0 import CFGPI0ForConditionalGeneration
@@ -326,7 +318,7 @@ def import_checkpoint(
     action_dim: int = 7,
     asset_id: str | None = None,
 ) -> Path:
-    """Write `out` (via a temporary sibling, renamed when complete); returns it."""
+    """Write `out` (under a temporary name, renamed when complete); returns it."""
     src, out = Path(src), Path(out)
     if source_kind not in SOURCES:
         raise ValueError(f"--from {source_kind!r}: expected one of {SOURCES}")
@@ -353,7 +345,7 @@ def import_checkpoint(
         )
     tok = load_tokenizer(tokenizer)
     preset = _preset(source, preset, src)
-    model = _load_model(source, preset, len(tok), src)
+    model = _load_model(source, preset, len(tok))
     settings = PolicySettings(
         state_keys=["state"],
         camera_keys=list(LIBERO_CAMERAS),
@@ -378,8 +370,6 @@ def import_checkpoint(
         },
     )
     policy = Policy(model, tok, source.norm_stats, settings, policy_id=f"{source_kind}:{src.name}")
-    partial = out.with_name(f".{out.name}.partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    policy.save_pretrained(partial)
-    partial.rename(out)
+    with atomic_output(out) as tmp:
+        policy.save_pretrained(tmp)
     return out
