@@ -2,6 +2,7 @@
 
     python benchmarks/env_throughput.py [--workers 16 32] [--cameras off 128]
         [--policies expert small] [--episodes-per-worker 2] [--length 100] [--device cuda]
+        [--worker-nice 0 10] [--max-wait-ms 5 20]
 
 In one run, for every worker count and camera setting:
   - `bare`: that many processes, each stepping its own LIBERO-Object simulator with zero
@@ -10,8 +11,11 @@ In one run, for every worker count and camera setting:
     episodes with the scripted expert (a policy that costs nothing) and with a freshly
     initialised policy of a preset (`small`: its inference on `--device`).
 Start-up (worker spawn, simulator creation, CUDA graph capture) is not measured: each
-configuration first runs one episode per worker. The last column is the rate against the
-bare simulators of the same setting, measured in the same run.
+configuration first runs one episode per worker. `vs bare` is the rate against the bare
+simulators of the same setting, measured in the same run; for a model policy the rows also
+give its calls' mean batch and milliseconds (what the pool waits for per call). The policy
+rows repeat per `--worker-nice` (the simulator workers' niceness: the policy process shares
+the cores with them) and, for the async engine, per `--max-wait-ms` (its wait budget).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from pathlib import Path
 from ript.envs.expert import ScriptedExpert
 from ript.envs.observation import DUMMY_ACTION
 from ript.envs.pool import EnvPool
-from ript.rollouts import episode_specs
+from ript.rollouts import episode_specs, rendering_gpu
 
 SUITE = "libero_object"
 
@@ -83,8 +87,16 @@ def make_policy(name: str, cameras: bool, chunk: int, device: str):
 
 
 def pool_rate(
-    engine: str, workers: int, cameras: bool, image_size: int, policy, episodes: int, length: int
-) -> float:
+    engine: str,
+    workers: int,
+    cameras: bool,
+    image_size: int,
+    policy,
+    episodes: int,
+    length: int,
+    **pool_options,
+) -> dict:
+    """The measured run's env steps/s, and for a model policy its calls' mean batch and ms."""
     specs = episode_specs(
         suite=SUITE,
         tasks=[0],
@@ -104,12 +116,27 @@ def pool_rate(
         image_size=image_size,
         privileged_object_state=True,
         engine=engine,
+        render_gpu=rendering_gpu(policy),
+        **pool_options,
     ) as pool:
         pool.run(specs[:workers], policy, progress=False)  # start-up, not measured
         steps_before = pool.stats.env_steps
+        calls = _inference_counters(policy)
         t0 = time.perf_counter()
         pool.run(specs[workers:], policy, progress=False, keep_observations=False)
-        return (pool.stats.env_steps - steps_before) / (time.perf_counter() - t0)
+        row = dict(rate=(pool.stats.env_steps - steps_before) / (time.perf_counter() - t0))
+    if calls is not None:
+        n, chunks, seconds = (
+            b - a for a, b in zip(calls, _inference_counters(policy), strict=True)
+        )
+        row |= dict(mean_batch=chunks / max(n, 1), ms_per_call=1e3 * seconds / max(n, 1))
+    return row
+
+
+def _inference_counters(policy) -> tuple[int, int, float] | None:
+    if not hasattr(policy, "inference_calls"):
+        return None  # the scripted expert
+    return policy.inference_calls, policy.inference_chunks, policy.inference_seconds
 
 
 def main() -> None:
@@ -121,6 +148,8 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=100, help="steps per episode")
     parser.add_argument("--bare-steps", type=int, default=200)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--worker-nice", type=int, nargs="+", default=[0])
+    parser.add_argument("--max-wait-ms", type=float, nargs="+", default=[5.0])
     parser.add_argument("--out", type=Path, help="write the rows as JSON here")
     args = parser.parse_args()
     rows: list[dict] = []
@@ -140,19 +169,41 @@ def main() -> None:
             record(dict(workers=workers, cameras=cams, policy="-", engine="bare", rate=bare))
             for name in args.policies:
                 policy = make_policy(name, cameras, 10, args.device)
-                for engine in ("lockstep", "async"):
-                    episodes = workers * args.episodes_per_worker
-                    rate = pool_rate(engine, workers, cameras, size, policy, episodes, args.length)
+                for engine, nice, wait_ms in variants(name, args):
+                    measured = pool_rate(
+                        engine, workers, cameras, size, policy,
+                        workers * args.episodes_per_worker, args.length,
+                        worker_nice=nice, max_wait_ms=wait_ms,
+                    )  # fmt: skip
                     row = dict(workers=workers, cameras=cams, policy=name, engine=engine)
-                    record(row | dict(rate=rate, vs_bare=rate / bare))
-    print("\n| workers | cameras | policy | engine | env steps/s | vs bare |")
-    print("|---|---|---|---|---|---|")
+                    row |= dict(
+                        worker_nice=nice, max_wait_ms=wait_ms if engine == "async" else None
+                    )
+                    record(row | measured | dict(vs_bare=measured["rate"] / bare))
+    print(
+        "\n| workers | cameras | policy | engine | worker nice | max wait ms | env steps/s "
+        "| vs bare | mean batch | ms per call |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         ratio = f"{r['vs_bare']:.0%}" if "vs_bare" in r else "100%"
+        calls = f"{r['mean_batch']:.1f} | {r['ms_per_call']:.1f}" if "mean_batch" in r else "- | -"
+        wait = "-" if r.get("max_wait_ms") is None else f"{r['max_wait_ms']:g}"
         print(
             f"| {r['workers']} | {r['cameras']} | {r['policy']} | {r['engine']} "
-            f"| {r['rate']:.0f} | {ratio} |"
+            f"| {r.get('worker_nice', '-')} | {wait} | {r['rate']:.0f} | {ratio} | {calls} |"
         )
+
+
+def variants(policy: str, args) -> list[tuple[str, int, float]]:
+    """(engine, worker niceness, wait budget) per pool row: the expert runs the defaults."""
+    if policy == "expert":
+        return [("lockstep", 0, 5.0), ("async", 0, 5.0)]
+    rows = []
+    for nice in args.worker_nice:
+        rows.append(("lockstep", nice, args.max_wait_ms[0]))
+        rows += [("async", nice, wait_ms) for wait_ms in args.max_wait_ms]
+    return rows
 
 
 if __name__ == "__main__":

@@ -65,3 +65,22 @@ def claim_gpu(count: int, registry: Path | None = None, pid: int | None = None) 
 def process_gpu(count: int) -> int:
     """`claim_gpu` for this process, once: every later call gives the same GPU."""
     return claim_gpu(count)
+
+
+def egl_device_id(cuda_index: int, visible: str | None = None) -> str | None:
+    """The device id EGL knows CUDA device `cuda_index` by, for MUJOCO_EGL_DEVICE_ID.
+
+    EGL enumerates every GPU of the machine, CUDA only those in CUDA_VISIBLE_DEVICES
+    (`visible`, default: this process's), renumbered from 0; so the simulator workers of a
+    job that runs its policy on GPU 1 render on GPU 0 unless told otherwise (all renderers of
+    the vision run sat on the first of two GPUs). None where the mapping is unknown: devices
+    named by UUID or MIG id. Assumes EGL and CUDA order the GPUs alike, which holds for one
+    model of GPU (CUDA's default order ties by PCI bus, EGL's follows it).
+    """
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES") if visible is None else visible
+    if visible is None:
+        return str(cuda_index)
+    ids = [part.strip() for part in visible.split(",")]
+    if cuda_index < len(ids) and ids[cuda_index].isdigit():
+        return ids[cuda_index]
+    return None

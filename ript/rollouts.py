@@ -13,6 +13,7 @@ from ript.envs.episode import Episode, EpisodeSpec, RolloutPolicy, derive_seed
 from ript.envs.expert import ScriptedExpert
 from ript.envs.pool import EnvPool, RolloutStats, usable_workers
 from ript.envs.suites import NUM_FIXED_INIT_STATES, check_suite_task, max_episode_length
+from ript.gpus import egl_device_id
 from ript.settings import Expert, Inference, Simulation, Videos
 
 
@@ -120,7 +121,9 @@ def load_rollout_policy(
     )
 
 
-def make_pool(sim: Simulation, num_episodes: int, render_source: str = "obs") -> EnvPool:
+def make_pool(
+    sim: Simulation, num_episodes: int, render_source: str = "obs", render_gpu: str | None = None
+) -> EnvPool:
     """The configured pool, with no more workers than the episodes, cores and memory serve;
     `render_source` is where recorded episodes take their video frames from."""
     return EnvPool(
@@ -137,7 +140,17 @@ def make_pool(sim: Simulation, num_episodes: int, render_source: str = "obs") ->
         engine=sim.rollout_engine,
         max_wait_ms=sim.max_wait_ms,
         hard_reset=sim.hard_reset,
+        render_gpu=render_gpu,
     )
+
+
+def rendering_gpu(policy: RolloutPolicy) -> str | None:
+    """The EGL device of the GPU the policy runs on, so that a job's simulators render where
+    its policy infers (jobs spread over the GPUs, `ript.gpus`); None for a CPU policy."""
+    device = getattr(policy, "device", None)
+    if getattr(device, "type", None) != "cuda":
+        return None
+    return egl_device_id(device.index or 0)
 
 
 def per_task_success(episodes: list[Episode]) -> pd.DataFrame:
@@ -190,7 +203,7 @@ def run_rollouts(
         reset_seed=reset_seed,
     )
     render_source = videos.render_source if videos else "obs"
-    with make_pool(sim, len(specs), render_source) as pool:
+    with make_pool(sim, len(specs), render_source, rendering_gpu(policy)) as pool:
         episodes = pool.run(
             specs, policy, progress=progress, desc=desc, keep_observations=keep_observations
         )

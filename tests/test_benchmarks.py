@@ -35,18 +35,28 @@ def test_the_throughput_benchmark_compares_engines_with_bare_simulators(tmp_path
     result = run_benchmark(
         "env_throughput.py", "--workers", "1", "--cameras", "off", "--policies", "expert",
         "tiny", "--episodes-per-worker", "1", "--length", "15", "--bare-steps", "15",
+        "--worker-nice", "0", "5", "--max-wait-ms", "0", "5",
         "--out", str(tmp_path / "rows.json"),
     )  # fmt: skip
     rows = json.loads((tmp_path / "rows.json").read_text())
-    assert [(r["policy"], r["engine"]) for r in rows] == [
-        ("-", "bare"),
-        ("expert", "lockstep"),
-        ("expert", "async"),
-        ("tiny", "lockstep"),
-        ("tiny", "async"),
+    variants = [
+        (r["policy"], r["engine"], r.get("worker_nice"), r.get("max_wait_ms")) for r in rows
+    ]
+    assert variants == [
+        ("-", "bare", None, None),
+        ("expert", "lockstep", 0, None),
+        ("expert", "async", 0, 5),
+        ("tiny", "lockstep", 0, None),
+        ("tiny", "async", 0, 0),
+        ("tiny", "async", 0, 5),
+        ("tiny", "lockstep", 5, None),
+        ("tiny", "async", 5, 0),
+        ("tiny", "async", 5, 5),
     ]
     assert all(r["rate"] > 0 for r in rows)
-    assert "| 1 | off | tiny | async |" in result.stdout
+    # one worker: every call serves one episode, and the calls were timed
+    assert all(r["mean_batch"] == 1 and r["ms_per_call"] > 0 for r in rows[3:]), rows
+    assert "| 1 | off | tiny | async | 5 | 0 |" in result.stdout
 
 
 def test_the_policy_call_benchmark_splits_a_call(tmp_path):

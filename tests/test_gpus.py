@@ -2,7 +2,10 @@ import os
 import subprocess
 import sys
 
-from ript.gpus import claim_gpu
+import torch
+
+from ript.gpus import claim_gpu, egl_device_id
+from ript.rollouts import rendering_gpu
 
 
 def dead_pid() -> int:
@@ -40,3 +43,20 @@ def test_a_claim_ends_with_its_process(tmp_path):
         first.stdout.strip() == second.stdout.strip() == "0"
     )  # the first one's claim left with it
     assert not list(tmp_path.glob("gpu*"))
+
+
+def test_renderers_take_the_policys_gpu_by_its_machine_wide_id(monkeypatch):
+    assert egl_device_id(1, "2,3") == "3" and egl_device_id(0, " 5 , 6") == "5"
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert egl_device_id(1) == "1"  # every GPU visible: the numbering is the machine's
+    assert egl_device_id(0, "GPU-8f2c4d1e") is None  # UUIDs: left to robosuite
+    assert egl_device_id(2, "0,1") is None
+
+    class OnDevice:
+        def __init__(self, device):
+            self.device = device
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6")
+    assert rendering_gpu(OnDevice(torch.device("cuda", 1))) == "6"
+    assert rendering_gpu(OnDevice(torch.device("cpu"))) is None
+    assert rendering_gpu(object()) is None  # the scripted expert has no device

@@ -214,6 +214,19 @@ def test_a_killed_worker_is_recovered_by_the_async_engine(lowdim_pool, async_poo
         np.testing.assert_array_equal(got.states, want.states)
 
 
+def test_workers_render_on_the_egl_device_they_are_given(monkeypatch):
+    # This machine's EGL has one device (Mesa): 0 renders, 3 reaches robosuite and is refused.
+    monkeypatch.delenv("MUJOCO_EGL_DEVICE_ID", raising=False)
+    specs = short_specs(n_init=1, k=1)
+    camera_pool = dict(cameras=True, max_episode_length=2, num_steps_wait=1)
+    with small_pool(1, render_gpu="0", **camera_pool) as pool:
+        (episode,) = pool.run(specs, RandomPolicy(), progress=False)
+    assert episode.obs["agentview_rgb"].shape == (2, 64, 64, 3)
+    refused = pytest.raises(RuntimeError, match="MUJOCO_EGL_DEVICE_ID")
+    with small_pool(1, render_gpu="3", env_create_retries=1, **camera_pool) as pool, refused:
+        pool.run(specs, RandomPolicy(), progress=False)
+
+
 def test_the_engine_is_checked():
     with pytest.raises(ValueError, match="engine 'fast'"):
         small_pool(1, engine="fast")

@@ -144,10 +144,18 @@ class RolloutStats:
 
 
 def _worker_main(
-    conn: Connection, env_kwargs: dict[str, Any], render_source: str, max_cached_envs: int
+    conn: Connection,
+    env_kwargs: dict[str, Any],
+    render_source: str,
+    max_cached_envs: int,
+    render_gpu: str | None,
+    worker_nice: int,
 ) -> None:
     # Simulator chatter goes to stderr; stdout stays the command's own (tables, summaries).
     os.dup2(2, 1)
+    os.nice(worker_nice)
+    if render_gpu is not None:  # read by robosuite's EGL context; a user's own setting wins
+        os.environ.setdefault("MUJOCO_EGL_DEVICE_ID", render_gpu)
     prepare_process_environment()
     envs: OrderedDict[tuple[str, int], LiberoEnv] = OrderedDict()  # least recently used first
     env: LiberoEnv | None = None
@@ -277,10 +285,15 @@ class EnvPool:
         max_batch: int | None = None,
         max_wait_ms: float = 5.0,
         hard_reset: bool = False,
+        render_gpu: str | None = None,
+        worker_nice: int = 0,
     ) -> None:
         """`max_cached_envs`: simulators a worker keeps across tasks (each holds a compiled
         model, and a renderer with cameras); the least recently used is closed beyond it.
-        `engine`, `max_batch` (default: all workers) and `max_wait_ms`: see the module."""
+        `engine`, `max_batch` (default: all workers) and `max_wait_ms`: see the module.
+        `render_gpu`: the EGL device the workers render on (`ript.gpus.egl_device_id`);
+        None leaves it to robosuite (the first GPU). `worker_nice`: the workers' niceness
+        (`benchmarks/env_throughput.py --worker-nice`: whether the policy process lacks CPU)."""
         global _logged_start_method
         if num_workers < 1:
             raise ValueError(f"num_workers must be >= 1, got {num_workers}")
@@ -306,6 +319,8 @@ class EnvPool:
             ),
             render_source,
             max_cached_envs,
+            render_gpu,
+            worker_nice,
         )
         prepare_process_environment()
         if not _logged_start_method:
