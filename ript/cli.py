@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +28,13 @@ from ript.settings import (
     Labels,
     Model,
     Optimisation,
+    Section,
     SftSchedule,
     Simulation,
+    Tracking,
     Videos,
 )
+from ript.tracking import Tracker, tracked
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -93,7 +97,33 @@ def _step_parser(
         dest="settings",
         help="override any config key (VALUE is YAML, e.g. tasks=[0,3]); repeatable",
     )
+    p.add_argument(
+        "--job-type",
+        default=name,
+        help=f"what the config's loggers call the job (the Snakemake rule; default: {name})",
+    )
     return p
+
+
+@contextlib.contextmanager
+def _tracker(
+    args: argparse.Namespace, config: dict[str, Any], sections: list[Section], **job: Any
+) -> Iterator[Tracker]:
+    """The job's tracker (`ript.tracking`), with the settings it ran with: its sections'
+    keys and its own arguments. Only the first process of a torchrun job logs."""
+    tracking = Tracking.of(config)
+    loggers = tracking.loggers if int(os.environ.get("RANK", "0")) == 0 else ("csv",)
+    settings = {k: v for section in sections for k, v in section.as_dict().items()}
+    with tracked(
+        loggers,
+        experiment=tracking.experiment,
+        out=args.out,
+        job_type=args.job_type,
+        settings=settings | job,
+        wandb_mode=tracking.wandb_mode,
+        wandb_project=tracking.wandb_project,
+    ) as tracker:
+        yield tracker
 
 
 def _parse_settings(settings: list[str]) -> dict[str, Any]:
@@ -147,18 +177,25 @@ def _run_collect(args: argparse.Namespace) -> None:
             ],
         ),
     )
-    episodes, stats = collect(
-        Simulation.of(config),
-        Videos.of(config),
-        policy_name=args.policy,
-        out=args.out,
-        # the shard's own K (demonstrations) or the config's
-        rollouts_per_init=args.rollouts_per_init or Collection.of(config).rollouts_per_init,
-        **_policy_sections(args.policy, config),
-        init_states=args.init_states,
-        cfg_scale=args.cfg_scale,
-        progress=not args.no_progress,
-    )
+    sim, videos = Simulation.of(config), Videos.of(config)
+    policy = _policy_sections(args.policy, config)
+    # the shard's own K (demonstrations) or the config's
+    per_init = args.rollouts_per_init or Collection.of(config).rollouts_per_init
+    job = dict(policy=args.policy, init_states=args.init_states, cfg_scale=args.cfg_scale)
+    job["rollouts_per_init"] = per_init
+    with _tracker(args, config, [sim, videos, *policy.values()], **job) as tracker:
+        episodes, stats = collect(
+            sim,
+            videos,
+            policy_name=args.policy,
+            out=args.out,
+            rollouts_per_init=per_init,
+            **policy,
+            init_states=args.init_states,
+            cfg_scale=args.cfg_scale,
+            progress=not args.no_progress,
+            tracker=tracker,
+        )
     print(per_task_success(episodes).to_string())
     print(f"collect: {args.out}: {summary_line(stats)}")
 
@@ -199,7 +236,9 @@ def _run_label(args: argparse.Namespace) -> None:
     from ript.rl.label import label
 
     config = load_config(args.config, _parse_settings(args.settings))
-    summary = label(Labels.of(config), args.rollouts, args.out)
+    labels = Labels.of(config)
+    with _tracker(args, config, [labels], rollouts=args.rollouts) as tracker:
+        summary = label(labels, args.rollouts, args.out, tracker=tracker)
     print(f"label: {args.out}: {summary.line()}")
 
 
@@ -232,20 +271,26 @@ def _run_train(args: argparse.Namespace) -> None:
         cond_mode = cond_mode or grid.cond_mode[0]
         alpha_uncond = grid.alpha_uncond[0] if alpha_uncond is None else alpha_uncond
     schedule = SftSchedule.of(config) if args.mode == "sft" else CfgSchedule.of(config)
-    final = train(
-        Model.of(config),
-        Optimisation.of(config),
-        schedule,
-        out=args.out,
-        demos=args.demos,
-        labels=args.labels,
-        init=args.init,
-        norm_stats=args.norm_stats,
-        cond_mode=cond_mode or "bias",  # SFT freezes the condition: any mode will do
-        alpha_uncond=alpha_uncond or 0.0,
-        resume=args.resume,
-        progress=not args.no_progress,
-    )
+    model, optim = Model.of(config), Optimisation.of(config)
+    cond_mode = cond_mode or "bias"  # SFT freezes the condition: any mode will do
+    alpha_uncond = alpha_uncond or 0.0
+    job = dict(mode=args.mode, init=args.init, cond_mode=cond_mode, alpha_uncond=alpha_uncond)
+    with _tracker(args, config, [model, optim, schedule], **job) as tracker:
+        final = train(
+            model,
+            optim,
+            schedule,
+            out=args.out,
+            demos=args.demos,
+            labels=args.labels,
+            init=args.init,
+            norm_stats=args.norm_stats,
+            cond_mode=cond_mode,
+            alpha_uncond=alpha_uncond,
+            resume=args.resume,
+            progress=not args.no_progress,
+            tracker=tracker,
+        )
     print(f"train: {final}")
 
 
@@ -268,18 +313,23 @@ def _run_evaluate(args: argparse.Namespace) -> None:
     from ript.evaluation.evaluate import evaluate
 
     config = load_config(args.config, _parse_settings(args.settings))
-    metrics = evaluate(
-        Simulation.of(config),
-        Videos.of(config),
-        Evaluation.of(config),
-        policy_name=args.policy,
-        out=args.out,
-        **_policy_sections(args.policy, config),
-        cfg_scale=args.cfg_scale,
-        init_states=args.init_states,
-        shard=args.shard,
-        progress=not args.no_progress,
-    )
+    sim, videos, evaluation = Simulation.of(config), Videos.of(config), Evaluation.of(config)
+    policy = _policy_sections(args.policy, config)
+    job = dict(policy=args.policy, init_states=args.init_states, cfg_scale=args.cfg_scale)
+    with _tracker(args, config, [sim, videos, evaluation, *policy.values()], **job) as tracker:
+        metrics = evaluate(
+            sim,
+            videos,
+            evaluation,
+            policy_name=args.policy,
+            out=args.out,
+            **policy,
+            cfg_scale=args.cfg_scale,
+            init_states=args.init_states,
+            shard=args.shard,
+            progress=not args.no_progress,
+            tracker=tracker,
+        )
     o = metrics["overall"]
     print(
         f"evaluate: {args.out}: success {o['successes']}/{o['n']} = {o['success_rate']:.3f} "

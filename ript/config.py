@@ -31,6 +31,7 @@ from ript.checkpoint import (
     missing_files,
 )
 from ript.envs.suites import EXPERT_SUITES, NUM_FIXED_INIT_STATES, SUITE_NUM_TASKS
+from ript.tracking import install_hint, missing_packages
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +122,11 @@ def _describe(error: jsonschema.ValidationError, source: str) -> str:
         ]
         hint = f" (did you mean {', '.join(hints)})" if hints else ""
         return f"{source}: unknown key(s) {unknown}{hint}; allowed keys: {allowed}"
+    if error.validator == "contains" and path == "loggers":
+        return (
+            f"{source}: key 'loggers': {error.instance} lacks csv, which is always written "
+            "(the tables read metrics.csv and metrics.json); add it"
+        )
     return f"{source}: key '{path}': {error.message}"
 
 
@@ -225,6 +231,9 @@ def _check_cross_keys(config: dict[str, Any], source: str) -> None:
     _check_chunk_size(config, source)
     _check_bootstrap(config, source)
     _check_grid_values(config, source)
+    missing = missing_packages(config["loggers"])
+    if missing:
+        raise ConfigError(f"{source}: key 'loggers': {install_hint(missing)}")
     if config["n_video"] > 0 and config["render_source"] == "obs" and not config["cameras"]:
         raise ConfigError(
             f"{source}: key 'render_source': 'obs' takes video frames from the camera "

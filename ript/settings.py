@@ -188,6 +188,16 @@ class Grid(Section):
     cfg_scale: tuple[float, ...]
 
 
+@dataclasses.dataclass(frozen=True)
+class Tracking(Section):
+    """Where a job logs besides its own files (`ript.tracking`), and the experiment it is of."""
+
+    experiment: str
+    loggers: tuple[str, ...]
+    wandb_mode: str
+    wandb_project: str
+
+
 def section_keys(*sections: type[Section], exclude: Iterable[str] = ()) -> list[str]:
     """The config keys of `sections` in order, each once: what a rule passes its job."""
     skip, keys = set(exclude), []

@@ -35,7 +35,7 @@ def test_the_throughput_benchmark_compares_engines_with_bare_simulators(tmp_path
     result = run_benchmark(
         "env_throughput.py", "--workers", "1", "--cameras", "off", "--policies", "expert",
         "tiny", "--episodes-per-worker", "1", "--length", "15", "--bare-steps", "15",
-        "--worker-nice", "0", "5", "--max-wait-ms", "0", "5",
+        "--worker-nice", "5", "--max-wait-ms", "0", "5",
         "--out", str(tmp_path / "rows.json"),
     )  # fmt: skip
     rows = json.loads((tmp_path / "rows.json").read_text())
@@ -46,9 +46,6 @@ def test_the_throughput_benchmark_compares_engines_with_bare_simulators(tmp_path
         ("-", "bare", None, None),
         ("expert", "lockstep", 0, None),
         ("expert", "async", 0, 5),
-        ("tiny", "lockstep", 0, None),
-        ("tiny", "async", 0, 0),
-        ("tiny", "async", 0, 5),
         ("tiny", "lockstep", 5, None),
         ("tiny", "async", 5, 0),
         ("tiny", "async", 5, 5),

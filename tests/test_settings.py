@@ -18,10 +18,10 @@ from ript.settings import (
 )
 
 # Keys only the workflow reads (the Snakefile and the steps that need no config file): the
-# experiment's name and grid, rounds, how episodes split into jobs, the selection schedule,
-# training's GPUs and the pretrained start.
+# grid, rounds, how episodes split into jobs, the selection schedule, training's GPUs and the
+# pretrained start.
 WORKFLOW_KEYS = {
-    "experiment", "collect_init_chunk", "demos_per_init", "pretrained_path", "train_gpus",
+    "collect_init_chunk", "demos_per_init", "pretrained_path", "train_gpus",
     "rounds", "eval_schedule", "screen_init_states", "contend_init_states",
     "select_rollouts_per_init", "max_contenders",
 }  # fmt: skip

@@ -23,11 +23,13 @@ from ript.checkpoint import SETTINGS_FILE
 from ript.config import SamplingSwitches, sampling_switches
 from ript.data.episode_store import write_shard
 from ript.envs.episode import Episode, RolloutPolicy
+from ript.envs.pool import RolloutStats
 from ript.envs.video import write_video
 from ript.evaluation.metrics import success_summary
 from ript.files import claim, write_text_atomic
 from ript.rollouts import load_rollout_policy, parse_init_states, run_rollouts
 from ript.settings import Evaluation, Expert, Inference, Simulation, Videos
+from ript.tracking import Tracker, log_videos, rollout_values
 
 
 def episode_key(episode: Episode) -> dict[str, Any]:
@@ -57,6 +59,32 @@ def episode_metrics(episodes: list[Episode]) -> dict[str, Any]:
             }
             for e in sorted(episodes, key=lambda e: e.spec.episode_index)
         ],
+    }
+
+
+def video_entries(written: list[tuple[Episode, Path]]) -> list[dict[str, Any]]:
+    """Each saved video with its episode, so a report can pick a success and a failure."""
+    return [{**episode_key(e), "success": bool(e.success), "path": str(p)} for e, p in written]
+
+
+def rollout_metrics(episodes: list[Episode], stats: RolloutStats, policy: Any) -> dict[str, Any]:
+    """`episode_metrics`, the policy's inference time and the pool's throughput: what an
+    evaluation's metrics.json and a collection's tracked values share."""
+    calls = getattr(policy, "inference_calls", 0)
+    seconds = getattr(policy, "inference_seconds", 0.0)
+    chunks = getattr(policy, "inference_chunks", 0)
+    return {
+        **episode_metrics(episodes),
+        "inference": {
+            "calls": calls,
+            "mean_ms_per_call": 1e3 * seconds / calls if calls else None,
+            "mean_ms_per_chunk": 1e3 * seconds / chunks if chunks else None,
+        },
+        "env": {
+            "env_steps": stats.env_steps,
+            "wall_s": stats.wall_seconds,
+            "worker_restarts": stats.worker_restarts,
+        },
     }
 
 
@@ -97,10 +125,12 @@ def evaluate(
     init_states: str = "eval",
     shard: str | Path | None = None,
     progress: bool = True,
+    tracker: Tracker | None = None,
 ) -> dict[str, Any]:
     """Run the evaluation and write metrics.json to `out` (and the episodes to `shard`);
     `policy_name` 'expert' evaluates the scripted demonstrator (`expert` settings), else a
-    checkpoint directory (`inference` settings)."""
+    checkpoint directory (`inference` settings). `tracker` gets the rollouts/ values and the
+    videos (`ript.tracking`)."""
     init_range = parse_init_states(init_states, sim)
     with claim(out), claim(shard) if shard is not None else contextlib.nullcontext():
         switches = sampling_switches()  # read once: the policy samples, metrics.json records
@@ -118,6 +148,7 @@ def evaluate(
             init_range=init_range,
             shard=shard,
             progress=progress,
+            tracker=tracker,
         )
 
 
@@ -133,6 +164,7 @@ def _evaluate(
     init_range: tuple[int, int],
     shard: str | Path | None,
     progress: bool,
+    tracker: Tracker | None = None,
 ) -> dict[str, Any]:
     reset_seed = OPENPI_SEED if evaluation.eval_protocol == "openpi" else None
     episodes, stats = run_rollouts(
@@ -150,16 +182,8 @@ def _evaluate(
     if videos.video_dir:  # one folder per policy: the grid's evaluations share file names
         video_dir = Path(videos.video_dir) / re.sub(r"[^\w.=-]+", "_", policy.policy_id)
     written = [(e, write_video(e, video_dir, videos.video_fps)) for e in episodes if e.frames]
-    calls = getattr(policy, "inference_calls", 0)
-    seconds = getattr(policy, "inference_seconds", 0.0)
-    chunks = getattr(policy, "inference_chunks", 0)
     metrics = {
-        **episode_metrics(episodes),
-        "inference": {
-            "calls": calls,
-            "mean_ms_per_call": 1e3 * seconds / calls if calls else None,
-            "mean_ms_per_chunk": 1e3 * seconds / chunks if chunks else None,
-        },
+        **rollout_metrics(episodes, stats, policy),
         "settings": {
             "policy": str(policy_name),
             "policy_id": policy.policy_id,
@@ -176,19 +200,13 @@ def _evaluate(
             "hard_reset": sim.hard_reset,
             "reset_seed": reset_seed,
         },
-        # each video with its episode, so a report can pick a success and a failure
-        "videos": [
-            {**episode_key(episode), "success": bool(episode.success), "path": str(path)}
-            for episode, path in written
-        ],
-        "env": {
-            "env_steps": stats.env_steps,
-            "wall_s": stats.wall_seconds,
-            "worker_restarts": stats.worker_restarts,
-        },
+        "videos": video_entries(written),
     }
     if shard is not None:
         write_shard(shard, episodes, policy_id=policy.policy_id, frame_codec=sim.frame_storage)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out, json.dumps(metrics, indent=2) + "\n")
+    if tracker is not None:
+        tracker.log(rollout_values(metrics))
+        log_videos(tracker, metrics["videos"], videos.video_fps)
     return metrics

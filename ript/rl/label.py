@@ -30,6 +30,7 @@ from ript.rl.advantages import (
     spans,
 )
 from ript.settings import Labels
+from ript.tracking import Tracker
 
 EPISODE_COLUMNS = [  # copied from the episode index
     "shard",
@@ -165,8 +166,15 @@ def read_labels(path: str | Path) -> tuple[pd.DataFrame, LabelSummary]:
     return table, summary
 
 
-def label(labels: Labels, shards: list[str | Path], out: str | Path) -> LabelSummary:
+def label(
+    labels: Labels, shards: list[str | Path], out: str | Path, tracker: Tracker | None = None
+) -> LabelSummary:
+    """Label the shards' episodes into `out`; the summary and the rows' advantages also go
+    to `tracker` (label/...)."""
     with claim(out):
         table, summary = label_rollouts(read_rollouts(shards), labels)
         write_labels(table, summary, out)
+    if tracker is not None:
+        tracker.log({f"label/{k}": v for k, v in asdict(summary).items()})
+        tracker.histogram("label/advantage", table["advantage"].to_numpy())
     return summary

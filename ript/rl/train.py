@@ -78,6 +78,7 @@ from ript.rl.distributed import (
 )
 from ript.rl.label import read_labels
 from ript.settings import CfgSchedule, Model, Optimisation, Section, SftSchedule
+from ript.tracking import Tracker
 
 log = logging.getLogger(__name__)
 MODES = ("sft", "cfg")
@@ -234,9 +235,11 @@ class Trainer:
         progress: bool = True,
         identity: str = "",
         save_dtype: torch.dtype = torch.float32,
+        tracker: Tracker | None = None,
     ) -> None:
         """`identity` (see `run_identity`) must match a checkpoint's for it to be resumed;
-        the final policy is saved in `save_dtype` (checkpoints keep the training dtype)."""
+        the final policy is saved in `save_dtype` (checkpoints keep the training dtype);
+        `tracker` gets every metrics.csv row (`ript.tracking`)."""
         if mode not in MODES:
             raise ValueError(f"mode {mode!r}: expected one of {MODES}")
         self.policy, self.samples, self.optim, self.mode = policy, samples, optim, mode
@@ -245,6 +248,7 @@ class Trainer:
         self.rank, self.world, self.progress = rank, world, progress
         self.identity = identity
         self.save_dtype = save_dtype
+        self.tracker = tracker or Tracker()
         self.steps = steps
         self.batch_size = min(optim.batch_size, len(samples.dataset))
         if self.batch_size < optim.batch_size:
@@ -520,17 +524,22 @@ class Trainer:
         resumed = self.resume() if resume else None
         self.metrics = MetricsLog.restore(self.out / METRICS_FILE, resumed, self.step)
         every = self.optim.checkpoint_every
+        desc = f"train {self.mode} {self.out.name}"
         bar = tqdm(
             total=self.steps,
             initial=self.step,
-            desc=f"train {self.mode} {self.out.name}",
+            desc=desc,
             disable=not self.progress or self.rank != 0,
         )
+        progress = ProgressLines(self.steps, self.step, desc, branches=self.mode == "cfg")
         with deferred_signals() as received:
             while self.step < self.steps:
                 row = self.train_step()
                 if self.rank == 0:
                     self.metrics.append(row)
+                    self.tracker.log(self.tracked_values(row), step=self.step)
+                    if not self.progress:
+                        progress.update(row)
                 bar.update(1)
                 bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}")
                 stop = self.agreed_signal(received())
@@ -545,6 +554,12 @@ class Trainer:
                     )
         bar.close()
         return self.save_final()
+
+    def tracked_values(self, row: dict[str, float]) -> dict[str, float]:
+        values = {f"train/{k}": v for k, v in row.items() if k != "step"}
+        if self.policy.device.type == "cuda":
+            values["train/gpu_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        return values
 
     def agreed_signal(self, signum: int | None) -> int | None:
         """The signal any rank received, so that all ranks stop after the same step."""
@@ -572,6 +587,40 @@ class Trainer:
                     shutil.copy(self.out / SETTINGS_FILE, tmp / SETTINGS_FILE)
         dist.barrier()
         return final
+
+
+class ProgressLines:
+    """What the progress bar shows, as log lines for a job whose output goes to a file (a
+    Snakemake job's log): about every 5% of the steps and at the end, with the ETA."""
+
+    def __init__(self, steps: int, start: int, desc: str, branches: bool) -> None:
+        """`branches`: also show the two branches' losses (CFG training)."""
+        self.steps, self.start, self.desc, self.branches = steps, start, desc, branches
+        self.every = max(1, steps // 20)
+        self.t0 = time.monotonic()
+
+    def update(self, row: dict[str, float]) -> None:
+        step = int(row["step"])
+        if step % self.every and step != self.steps:
+            return
+        elapsed = time.monotonic() - self.t0
+        rate = (step - self.start) / elapsed if elapsed > 0 else math.inf
+        eta = (self.steps - step) / rate if rate > 0 else math.inf
+        loss = f"loss {row['loss']:.4f}"
+        if self.branches:
+            loss += f" (pos {row['loss_pos']:.4f}, uncond {row['loss_uncond']:.4f})"
+        log.info(
+            "%s: step %d/%d (%d%%), %s, lr %.2e, %.1f steps/s, elapsed %s, ETA %s",
+            self.desc, step, self.steps, 100 * step // self.steps, loss, row["lr"], rate,
+            _clock(elapsed), _clock(eta),
+        )  # fmt: skip
+
+
+def _clock(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
 
 
 def run_identity(sections: list[Section], inputs: list[str | None], **run: Any) -> str:
@@ -704,6 +753,7 @@ def train(
     alpha_uncond: float = 0.0,
     resume: bool = False,
     progress: bool = True,
+    tracker: Tracker | None = None,
 ) -> Path:
     """Build the data and the policy, train, return the final policy directory: the SFT
     bootstrap on `demos` with an `SftSchedule`, CFG training on `labels` with a
@@ -770,6 +820,7 @@ def train(
                     alpha_uncond=alpha_uncond,
                 ),
                 save_dtype=save_dtype,
+                tracker=tracker,
             )
             if rank == 0:
                 Path(out).mkdir(parents=True, exist_ok=True)

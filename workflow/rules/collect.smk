@@ -30,5 +30,5 @@ rule collect:
         ENV
     shell:
         "ript collect --policy {input.policy} --init-states {wildcards.start}:{wildcards.stop} "
-        "--num-parallel-envs {threads} {params.settings} --out {output.shard} --no-progress "
-        "> {log} 2>&1"
+        "--num-parallel-envs {threads} {params.settings} {TRACKING} --job-type {rule} "
+        "--out {output.shard} --no-progress > {log} 2>&1"

@@ -24,6 +24,7 @@ from ript.settings import (
     Optimisation,
     SftSchedule,
     Simulation,
+    Tracking,
     Videos,
     section_keys,
 )
@@ -79,6 +80,11 @@ def settings(*sections, exclude=(), **fixed):
         for key, value in values.items()
     )
 
+
+# Where collect, label, train and evaluate jobs log besides their own files (ript/tracking.py;
+# each rule adds --job-type {rule}). In the command, not in params: adding a logger reruns no
+# finished job.
+TRACKING = settings(Tracking)
 
 # The grid: training per (cond_mode, alpha_uncond), evaluation also per cfg_scale.
 COND_MODES = config["cond_mode"]

@@ -23,7 +23,7 @@ rule evaluate:
         ENV
     shell:
         "ript evaluate --policy {input.policy} --cfg-scale {wildcards.cfg} {params.settings} "
-        "--out {output} --no-progress > {log} 2>&1"
+        "{TRACKING} --job-type {rule} --out {output} --no-progress > {log} 2>&1"
 
 
 rule evaluate_base:
@@ -44,5 +44,5 @@ rule evaluate_base:
     conda:
         ENV
     shell:
-        "ript evaluate --policy {input.policy} --cfg-scale 1 {params.settings} --out {output} "
-        "--no-progress > {log} 2>&1"
+        "ript evaluate --policy {input.policy} --cfg-scale 1 {params.settings} "
+        "{TRACKING} --job-type {rule} --out {output} --no-progress > {log} 2>&1"

@@ -15,4 +15,5 @@ rule label:
     conda:
         ENV
     shell:
-        "ript label --rollouts {input} {params.settings} --out {output} > {log} 2>&1"
+        "ript label --rollouts {input} {params.settings} {TRACKING} --job-type {rule} "
+        "--out {output} > {log} 2>&1"

@@ -27,8 +27,8 @@ rule evaluate_selection:
         ENV
     shell:
         "ript evaluate --policy {input.policy} --cfg-scale {wildcards.cfg} "
-        "--init-states {params.init_states} {params.settings} --out {output} --no-progress "
-        "> {log} 2>&1"
+        "--init-states {params.init_states} {params.settings} {TRACKING} --job-type {rule} "
+        "--out {output} --no-progress > {log} 2>&1"
 
 
 checkpoint contenders:
@@ -89,5 +89,5 @@ rule evaluate_chosen:
     conda:
         ENV
     shell:
-        "ript evaluate --policy {input.policy} {params.settings} --out {output} --no-progress "
-        "> {log} 2>&1"
+        "ript evaluate --policy {input.policy} {params.settings} {TRACKING} --job-type {rule} "
+        "--out {output} --no-progress > {log} 2>&1"

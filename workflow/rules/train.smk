@@ -26,4 +26,5 @@ rule train:
     shell:
         "{params.train} --mode cfg --labels {input.labels} --init {input.init} "
         "--cond-mode {wildcards.cond_mode} --alpha-uncond {wildcards.alpha} "
-        "{params.settings} --out {params.out} --resume --no-progress > {log} 2>&1"
+        "{params.settings} {TRACKING} --job-type {rule} --out {params.out} --resume --no-progress "
+        "> {log} 2>&1"
