@@ -31,6 +31,7 @@ from ript.checkpoint import (
     missing_files,
 )
 from ript.envs.suites import EXPERT_SUITES, NUM_FIXED_INIT_STATES, SUITE_NUM_TASKS
+from ript.settings import Tracking
 from ript.tracking import install_hint, missing_packages
 
 log = logging.getLogger(__name__)
@@ -481,11 +482,32 @@ class RecordingConfig(dict):
             f.write(json.dumps(record) + "\n")
 
 
+# The workflow hands its jobs the Tracking keys (where they log: ript/tracking.py) as JSON in
+# this variable rather than on their command lines: a rule's params are part of what Snakemake
+# compares to decide a rerun, and adding a logger should rerun nothing.
+TRACKING_ENV = "RIPT_TRACKING"
+
+
+def tracking_from_env(environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
+    value = environ.get(TRACKING_ENV)
+    if not value:
+        return {}
+    try:
+        keys = json.loads(value)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{TRACKING_ENV}: not JSON ({e})") from e
+    allowed = Tracking.config_keys()
+    if not isinstance(keys, dict) or set(keys) - set(allowed):
+        raise ConfigError(f"{TRACKING_ENV}: expected a JSON object of {allowed}, got {value}")
+    return keys
+
+
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Read a YAML config (or only defaults when path is None), apply overrides, validate."""
+    """Read a YAML config (or only defaults when path is None), apply the workflow's tracking
+    keys (`TRACKING_ENV`) and the overrides, validate."""
     raw = read_config_file(path) if path is not None else {}
     source = str(path) if path is not None else "config"
-    raw = apply_env_overrides({**raw, **(overrides or {})})
+    raw = apply_env_overrides({**raw, **tracking_from_env(), **(overrides or {})})
     config = validate(raw, source)
     record = os.environ.get(RECORD_KEYS_ENV)
     if not record:

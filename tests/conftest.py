@@ -96,13 +96,13 @@ def async_pool():
 def micro_run(tmp_path_factory) -> Path:
     """A work directory in which `snakemake all` ran the micro config to completion; tests
     that change it work on a copy (`shutil.copytree(micro_run, ..., symlinks=True)`)."""
-    from micro import MICRO_RUN, run_micro
+    from micro import MICRO_RUN, MICRO_RUN_LOGGERS, run_micro
 
     from ript.config import RECORD_KEYS_ENV
 
     workdir = tmp_path_factory.mktemp("micro_run")
     # every step records the config keys it read and those its rule passed
     record = {**os.environ, RECORD_KEYS_ENV: str(workdir / "config_keys.jsonl")}
-    result = run_micro(workdir, env=record, **MICRO_RUN)
+    result = run_micro(workdir, *MICRO_RUN_LOGGERS, env=record, **MICRO_RUN)
     assert result.returncode == 0, result.stderr[-3000:]
     return workdir

@@ -8,11 +8,12 @@ import json
 import re
 import struct
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from micro import snakemake
 
-from ript.config import ConfigError, validate
+from ript.config import TRACKING_ENV, ConfigError, load_config, validate
 from ript.data.episode_store import read_index
 from ript.rl.label import read_labels
 from ript.tracking import job_name
@@ -45,6 +46,15 @@ def test_a_logger_whose_package_is_missing_fails_when_the_config_is_read(monkeyp
         validate({"loggers": ["csv", "wandb"]})
     with pytest.raises(ConfigError, match="lacks csv"):
         validate({"loggers": ["tensorboard"]})
+
+
+def test_the_workflow_hands_its_jobs_the_tracking_keys_in_the_environment(monkeypatch):
+    monkeypatch.setenv(TRACKING_ENV, json.dumps({"loggers": ["csv", "tensorboard"]}))
+    assert load_config(None)["loggers"] == ["csv", "tensorboard"]
+    assert load_config(None, {"loggers": ["csv"]})["loggers"] == ["csv"]  # --set wins
+    monkeypatch.setenv(TRACKING_ENV, json.dumps({"tasks": [1]}))
+    with pytest.raises(ConfigError, match="RIPT_TRACKING: expected a JSON object of"):
+        load_config(None)
 
 
 # --- reading the runs back ---------------------------------------------------------------
@@ -200,3 +210,21 @@ def test_changing_the_loggers_reruns_no_finished_job(micro_run):
         "--config", "loggers=[csv]",
     )  # fmt: skip
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_training_on_a_gpu_also_logs_its_peak_memory(monkeypatch):
+    # the GPU-only value, on a stand-in for a trainer whose policy sits on a GPU
+    import torch
+
+    from ript.rl.train import Trainer
+
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda *a: 3 * 2**30)
+    row = {"step": 7, "loss": 0.5, "lr": 1e-4}
+    on = SimpleNamespace(policy=SimpleNamespace(device=torch.device("cuda", 0)))
+    assert Trainer.tracked_values(on, row) == {
+        "train/loss": 0.5,
+        "train/lr": 1e-4,
+        "train/gpu_memory_gib": 3.0,
+    }
+    on.policy.device = torch.device("cpu")
+    assert "train/gpu_memory_gib" not in Trainer.tracked_values(on, row)

@@ -24,5 +24,5 @@ rule bootstrap:
         ENV
     shell:
         "{params.train} --mode sft --demos {input.demos} --norm-stats {input.norm_stats} "
-        "{params.settings} {TRACKING} --job-type {rule} --out {params.out} --resume --no-progress "
+        "{params.settings} --job-type bootstrap --out {params.out} --resume --no-progress "
         "> {log} 2>&1"

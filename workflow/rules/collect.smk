@@ -30,5 +30,5 @@ rule collect:
         ENV
     shell:
         "ript collect --policy {input.policy} --init-states {wildcards.start}:{wildcards.stop} "
-        "--num-parallel-envs {threads} {params.settings} {TRACKING} --job-type {rule} "
+        "--num-parallel-envs {threads} {params.settings} --job-type collect "
         "--out {output.shard} --no-progress > {log} 2>&1"

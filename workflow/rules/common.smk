@@ -1,9 +1,11 @@
 # Config validation, the grid and the helpers every rule uses.
 import json
+import os
 import shlex
 from pathlib import Path
 
 from ript.config import (
+    TRACKING_ENV,
     ConfigError,
     apply_env_overrides,
     check_workflow_switches,
@@ -81,10 +83,10 @@ def settings(*sections, exclude=(), **fixed):
     )
 
 
-# Where collect, label, train and evaluate jobs log besides their own files (ript/tracking.py;
-# each rule adds --job-type {rule}). In the command, not in params: adding a logger reruns no
-# finished job.
-TRACKING = settings(Tracking)
+# Where collect, label, train and evaluate jobs log besides their own files, ript/tracking.py
+# (the rules name their jobs with --job-type). Handed to every job through the environment,
+# not as params, which Snakemake compares to decide reruns: adding a logger reruns no job.
+os.environ[TRACKING_ENV] = json.dumps({key: config[key] for key in Tracking.config_keys()})
 
 # The grid: training per (cond_mode, alpha_uncond), evaluation also per cfg_scale.
 COND_MODES = config["cond_mode"]

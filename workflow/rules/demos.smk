@@ -26,5 +26,5 @@ rule demos:
     shell:
         "ript collect --policy expert --init-states train --rollouts-per-init {params.per_init} "
         "--num-parallel-envs {threads} "
-        "{params.settings} {TRACKING} --job-type {rule} --out {output.shard} --no-progress "
+        "{params.settings} --job-type demos --out {output.shard} --no-progress "
         "> {log} 2>&1"

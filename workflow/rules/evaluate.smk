@@ -23,7 +23,7 @@ rule evaluate:
         ENV
     shell:
         "ript evaluate --policy {input.policy} --cfg-scale {wildcards.cfg} {params.settings} "
-        "{TRACKING} --job-type {rule} --out {output} --no-progress > {log} 2>&1"
+        "--job-type evaluate --out {output} --no-progress > {log} 2>&1"
 
 
 rule evaluate_base:
@@ -45,4 +45,4 @@ rule evaluate_base:
         ENV
     shell:
         "ript evaluate --policy {input.policy} --cfg-scale 1 {params.settings} "
-        "{TRACKING} --job-type {rule} --out {output} --no-progress > {log} 2>&1"
+        "--job-type evaluate_base --out {output} --no-progress > {log} 2>&1"

@@ -15,5 +15,5 @@ rule label:
     conda:
         ENV
     shell:
-        "ript label --rollouts {input} {params.settings} {TRACKING} --job-type {rule} "
+        "ript label --rollouts {input} {params.settings} --job-type label "
         "--out {output} > {log} 2>&1"

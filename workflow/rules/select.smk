@@ -27,7 +27,7 @@ rule evaluate_selection:
         ENV
     shell:
         "ript evaluate --policy {input.policy} --cfg-scale {wildcards.cfg} "
-        "--init-states {params.init_states} {params.settings} {TRACKING} --job-type {rule} "
+        "--init-states {params.init_states} {params.settings} --job-type evaluate_selection "
         "--out {output} --no-progress > {log} 2>&1"
 
 
@@ -89,5 +89,5 @@ rule evaluate_chosen:
     conda:
         ENV
     shell:
-        "ript evaluate --policy {input.policy} {params.settings} {TRACKING} --job-type {rule} "
+        "ript evaluate --policy {input.policy} {params.settings} --job-type evaluate_chosen "
         "--out {output} --no-progress > {log} 2>&1"

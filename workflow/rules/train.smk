@@ -26,5 +26,5 @@ rule train:
     shell:
         "{params.train} --mode cfg --labels {input.labels} --init {input.init} "
         "--cond-mode {wildcards.cond_mode} --alpha-uncond {wildcards.alpha} "
-        "{params.settings} {TRACKING} --job-type {rule} --out {params.out} --resume --no-progress "
+        "{params.settings} --job-type train --out {params.out} --resume --no-progress "
         "> {log} 2>&1"
