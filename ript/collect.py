@@ -55,12 +55,10 @@ def collect(
         )
         write_shard(out, episodes, policy_id=policy.policy_id, frame_codec=sim.frame_storage)
         video_dir = Path(videos.video_dir) if videos.video_dir else out.parent / "videos"
-        recorded = [e for e in episodes if e.frames]
-        paths = write_videos(recorded, video_dir, videos.video_fps)
-        for path in paths:
+        written = write_videos(episodes, video_dir, videos.video_fps)
+        for _, path in written:
             log.info("video: %s", path)
     if tracker is not None:
         tracker.log(rollout_values(rollout_metrics(episodes, stats, policy)))
-        written = list(zip(recorded, paths, strict=True))
         log_videos(tracker, video_entries(written), videos.video_fps)
     return episodes, stats

@@ -37,6 +37,9 @@ def write_video(episode: Episode, video_dir: str | Path, fps: int = 20) -> Path:
     return path
 
 
-def write_videos(episodes: list[Episode], video_dir: str | Path, fps: int = 20) -> list[Path]:
-    """The videos of the episodes that recorded frames (the first `n_video` of a run)."""
-    return [write_video(e, video_dir, fps) for e in episodes if e.frames]
+def write_videos(
+    episodes: list[Episode], video_dir: str | Path, fps: int = 20
+) -> list[tuple[Episode, Path]]:
+    """The videos of the episodes that recorded frames (the first `n_video` of a run), each
+    with its episode."""
+    return [(e, write_video(e, video_dir, fps)) for e in episodes if e.frames]

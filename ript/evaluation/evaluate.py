@@ -24,7 +24,7 @@ from ript.config import SamplingSwitches, sampling_switches
 from ript.data.episode_store import write_shard
 from ript.envs.episode import Episode, RolloutPolicy
 from ript.envs.pool import RolloutStats
-from ript.envs.video import write_video
+from ript.envs.video import write_videos
 from ript.evaluation.metrics import success_summary
 from ript.files import claim, write_text_atomic
 from ript.rollouts import load_rollout_policy, parse_init_states, run_rollouts
@@ -181,7 +181,7 @@ def _evaluate(
     video_dir = Path(out).parent / "videos"
     if videos.video_dir:  # one folder per policy: the grid's evaluations share file names
         video_dir = Path(videos.video_dir) / re.sub(r"[^\w.=-]+", "_", policy.policy_id)
-    written = [(e, write_video(e, video_dir, videos.video_fps)) for e in episodes if e.frames]
+    written = write_videos(episodes, video_dir, videos.video_fps)
     metrics = {
         **rollout_metrics(episodes, stats, policy),
         "settings": {
